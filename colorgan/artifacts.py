@@ -1,0 +1,76 @@
+"""The generator artefact: a state dict plus the metadata needed to rebuild and use it, loaded with weights_only.
+
+Both stages write the same format, so every command that takes MODEL accepts either stage's artefact, or a run
+folder holding one (`generator.pth`).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import __version__
+from .color import SCALINGS
+from .models import build_generator
+from .utils import ColorganError, atomic_path
+
+__all__ = ["save_generator", "load_generator", "resolve_artifact", "ARTIFACT_NAME", "generator_meta"]
+
+ARTIFACT_NAME = "generator.pth"
+FORMAT = "colorgan-generator"
+FORMAT_VERSION = 1
+_BUILD_KEYS = ("arch", "self_attention", "blur", "spectral_norm")
+
+
+def generator_meta(recipe: dict, size: int, stage: str) -> dict:
+    "Metadata stored with the weights: how to rebuild the network, the scalings, the recipe, the version."
+    model = recipe.get("model", {})
+    return {"build": {k: model[k] for k in _BUILD_KEYS if k in model}, "size": int(size), "stage": stage,
+            "scalings": dict(SCALINGS), "recipe": recipe, "colorgan_version": __version__}
+
+
+def save_generator(model: nn.Module, path: str | os.PathLike, meta: dict) -> Path:
+    "Write the artefact atomically: a reader never sees half a file, and a crash leaves the old one in place."
+    path = Path(path)
+    state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "meta": meta, "state_dict": state}, tmp)
+    return path
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    "The plain module inside DDP or torch.compile wrappers."
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+def resolve_artifact(model: str | os.PathLike) -> Path:
+    "MODEL as a user gives it (a run folder or an artefact file) -> the artefact file, or a clear error."
+    path = Path(model)
+    if path.is_dir():
+        path = path / ARTIFACT_NAME
+        if not path.is_file():
+            raise ColorganError(f"{model} is a folder without {ARTIFACT_NAME}: is it a finished colorgan run?")
+    elif not path.is_file():
+        raise ColorganError(f"model {model} does not exist: give a run folder or a {ARTIFACT_NAME} file")
+    return path
+
+
+def load_generator(model: str | os.PathLike, device="cpu") -> tuple[nn.Module, dict]:
+    "A run folder or artefact file -> (generator in eval mode on `device`, its metadata)."
+    path = resolve_artifact(model)
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ColorganError(f"{path} is not a readable colorgan artefact: {e}") from e
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise ColorganError(f"{path} is not a colorgan generator artefact (no '{FORMAT}' header)")
+    meta = blob["meta"]
+    if meta.get("scalings") != SCALINGS:
+        raise ColorganError(f"{path} was trained with other L/ab scalings {meta.get('scalings')}; this colorgan "
+                            f"uses {SCALINGS}")
+    net = build_generator(pretrained=False, img_size=meta["size"], **meta["build"])
+    net.load_state_dict(blob["state_dict"])
+    return net.to(device).eval(), meta

@@ -1,0 +1,116 @@
+"""A folder of photos -> fastai DataLoaders of (L, ab) batches.
+
+Photos are decoded once into a uint8 cache (see `photos.py`). A batch leaves the cache as uint8 RGB, moves to the
+batch's device (the GPU when there is one), and there it is augmented (random resized crop, flip) and converted to
+CIELAB in one batched step, so L and ab always get the same crop and no Python loop runs per image.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from fastai.data.core import DataLoaders
+from fastai.data.load import DataLoader
+from fastai.torch_core import default_device
+
+from .color import lab_to_model, rgb_to_lab
+from .photos import PhotoSet, find_photos, load_photos
+from .show import show_columns
+from .utils import ColorganError, log
+
+__all__ = ["LabDataLoader", "photo_dls", "split_photos", "random_resized_crop"]
+
+
+def random_resized_crop(rgb: torch.Tensor, min_scale: float = 0.35, ratio=(3 / 4, 4 / 3),
+                        flip_p: float = 0.5) -> torch.Tensor:
+    "Per-sample random resized crop and horizontal flip of a batch (N,C,H,W), in one `grid_sample` call."
+    n, dev = rgb.shape[0], rgb.device
+    area = torch.empty(n, device=dev).uniform_(min_scale, 1.0)
+    log_r = torch.empty(n, device=dev).uniform_(math.log(ratio[0]), math.log(ratio[1]))
+    w = (area * log_r.exp()).sqrt().clamp(max=1.0)
+    h = (area / log_r.exp()).sqrt().clamp(max=1.0)
+    cx = (torch.rand(n, device=dev) * 2 - 1) * (1 - w)
+    cy = (torch.rand(n, device=dev) * 2 - 1) * (1 - h)
+    flip = torch.where(torch.rand(n, device=dev) < flip_p, -1.0, 1.0)
+    theta = torch.zeros(n, 2, 3, device=dev)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = w * flip, cx, h, cy
+    grid = F.affine_grid(theta, list(rgb.shape), align_corners=False)
+    return F.grid_sample(rgb, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+class LabDataLoader(DataLoader):
+    "Batches of cached uint8 photos -> (L, ab) on `device`, augmented there when `augment`."
+    def __init__(self, dataset: np.ndarray, bs: int = 16, shuffle: bool = False, augment: bool = False,
+                 min_scale: float = 0.35, **kwargs):
+        super().__init__(dataset, bs=bs, shuffle=shuffle, **kwargs)
+        self.augment, self.min_scale = augment, min_scale
+
+    @property
+    def size(self) -> int: return self.dataset.shape[1]
+
+    def create_item(self, s): return s
+    def create_batch(self, idxs): return torch.from_numpy(np.ascontiguousarray(self.dataset[np.sort(idxs)]))
+
+    def after_batch(self, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rgb = b.permute(0, 3, 1, 2).float().div_(255)
+        if self.augment:
+            rgb = random_resized_crop(rgb, self.min_scale)
+        l, ab = lab_to_model(rgb_to_lab(rgb))
+        if l.is_cuda:
+            l, ab = l.contiguous(memory_format=torch.channels_last), ab.contiguous(memory_format=torch.channels_last)
+        return l, ab
+
+    def new(self, dataset=None, cls=None, **kwargs):
+        kwargs = {"augment": self.augment, "min_scale": self.min_scale, **kwargs}
+        return super().new(dataset=dataset, cls=cls, **kwargs)
+
+    def show_batch(self, b=None, max_n: int = 9, ctxs=None, show: bool = True, **kwargs):
+        "gray | colour for `max_n` photos of a batch."
+        l, ab = self.one_batch() if b is None else b
+        return show_columns(l, {"gray": None, "colour": ab}, max_n, **kwargs)
+
+    def show_results(self, b, out, max_n: int = 9, ctxs=None, show: bool = True, **kwargs):
+        "gray | predicted | real; `Learner.show_results` calls this."
+        l, ab = b
+        return show_columns(l, {"gray": None, "predicted": out, "real": ab}, max_n, **kwargs)
+
+
+def split_photos(path: Path, valid_pct: float, seed: int) -> tuple[list[Path], list[Path]]:
+    "train/ and valid/ subfolders when both exist, else a seeded random `valid_pct` of all photos."
+    if (path / "train").is_dir() and (path / "valid").is_dir():
+        return find_photos(path / "train"), find_photos(path / "valid")
+    files = find_photos(path)
+    if len(files) < 2:
+        raise ColorganError(f"{path} holds {len(files)} photo; training needs at least 2 (one to validate on)")
+    order = np.random.default_rng(seed).permutation(len(files))
+    n_valid = min(max(1, round(len(files) * valid_pct)), len(files) - 1)
+    return [files[i] for i in sorted(order[n_valid:])], [files[i] for i in sorted(order[:n_valid])]
+
+
+def _usable(photos: PhotoSet, keep_gray: bool, what: str, path: Path) -> np.ndarray:
+    photos.report(keep_gray)
+    idx = photos.usable(keep_gray)
+    if len(idx) == 0:
+        raise ColorganError(f"no usable {what} photos in {path}: {len(photos.files)} found, none readable in colour")
+    return photos.pixels if len(idx) == len(photos.files) else photos.pixels[idx]
+
+
+def photo_dls(path: str | os.PathLike, size: int = 256, bs: int = 16, valid_pct: float = 0.1, seed: int = 42,
+              keep_gray: bool = False, augment: bool = True, min_scale: float = 0.35,
+              cache_dir: str | None = None, num_workers: int | None = None, device=None) -> DataLoaders:
+    """A folder of photos -> DataLoaders of (L, ab) batches at `size` px (L (N,1,S,S) and ab (N,2,S,S), both
+    scaled to about [-1, 1]). Unreadable files are skipped and gray ones left out, each with a summary line."""
+    path = Path(path)
+    train_files, valid_files = split_photos(path, valid_pct, seed)
+    train = _usable(load_photos(train_files, size, cache_dir, num_workers), keep_gray, "training", path)
+    valid = _usable(load_photos(valid_files, size, cache_dir, num_workers), keep_gray, "validation", path)
+    log.info(f"{len(train)} training and {len(valid)} validation photos at {size} px")
+    device = default_device() if device is None else device
+    train_dl = LabDataLoader(train, bs=min(bs, len(train)), shuffle=True, drop_last=True, augment=augment,
+                             min_scale=min_scale, device=device)
+    valid_dl = LabDataLoader(valid, bs=bs, shuffle=False, device=device)
+    return DataLoaders(train_dl, valid_dl, path=path, device=device)

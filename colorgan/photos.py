@@ -1,0 +1,130 @@
+"""Find photos in a folder and decode each one once into a uint8 cache at the training size.
+
+The cache is a memory-mapped (N, S, S, 3) array built on first use by CPU worker processes and rebuilt when the
+folder changes (any file added, removed, resized or touched), so later epochs and later runs decode nothing.
+It lives in the user's cache folder, never beside the photos: a user's input folder is not written to.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .color import is_grayscale, pil_to_rgb8
+from .utils import ColorganError, atomic_path, log, short_list
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+CACHE_FORMAT = 1
+OK, GRAY, UNREADABLE = "ok", "gray", "unreadable"
+
+
+def find_photos(folder: str | os.PathLike) -> list[Path]:
+    "Every photo under `folder` (recursive; extensions in any letter case), sorted; a clear error if none."
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ColorganError(f"photo folder {folder} does not exist or is not a folder")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not files:
+        exts = " ".join(sorted(IMAGE_EXTENSIONS))
+        raise ColorganError(f"no photos in {folder}: looked recursively for files ending in {exts}")
+    return files
+
+
+def decode_photo(path: str | os.PathLike, size: int) -> tuple[str, np.ndarray | None]:
+    """One photo -> (status, uint8 (size,size,3) centre crop). Status is 'ok', 'gray' (no colour to learn) or
+    'unreadable' (corrupt, truncated, not an image); EXIF orientation is applied; small photos are upscaled."""
+    try:
+        with Image.open(path) as img:
+            img.draft("RGB", (size, size))  # JPEG: decode at the smallest scale that still covers `size`
+            img = ImageOps.exif_transpose(img)
+            rgb = ImageOps.fit(pil_to_rgb8(img), (size, size), Image.Resampling.BICUBIC)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return UNREADABLE, None
+    arr = np.asarray(rgb, dtype=np.uint8)
+    return (GRAY if is_grayscale(arr) else OK), arr
+
+
+@dataclass
+class PhotoSet:
+    "Decoded photos: `pixels` (N,S,S,3) uint8 memmap, one status per file; `usable()` picks what to train on."
+    files: list[Path]
+    statuses: list[str]
+    pixels: np.ndarray
+
+    def usable(self, keep_gray: bool = False) -> np.ndarray:
+        keep = {OK, GRAY} if keep_gray else {OK}
+        return np.array([i for i, s in enumerate(self.statuses) if s in keep], dtype=np.int64)
+
+    def report(self, keep_gray: bool = False) -> None:
+        "One summary line for unreadable files and one for gray photos left out."
+        bad = [f.name for f, s in zip(self.files, self.statuses) if s == UNREADABLE]
+        gray = [f.name for f, s in zip(self.files, self.statuses) if s == GRAY]
+        if bad:
+            log.warning(f"skipped {len(bad)} unreadable file(s): {short_list(bad)}")
+        if gray and not keep_gray:
+            log.info(f"left out {len(gray)} gray photo(s) with no colour to learn from: {short_list(gray)}"
+                     " (keep them with data.keep_gray=true)")
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("COLORGAN_CACHE", Path.home() / ".cache" / "colorgan"))
+
+
+def _cache_stem(files: list[Path], size: int) -> tuple[str, str]:
+    "(prefix naming the file set and size, digest of every file's path, length and modification time)"
+    where = hashlib.sha1(os.path.commonpath([str(f.resolve().parent) for f in files]).encode()).hexdigest()[:10]
+    h = hashlib.sha1(f"{CACHE_FORMAT}:{size}".encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return f"{where}-{size}px-{len(files)}", h.hexdigest()[:16]
+
+
+def _decode_all(files: list[Path], size: int, out: np.ndarray, num_workers: int) -> list[str]:
+    statuses = []
+    args = ([str(f) for f in files], [size] * len(files))
+    if num_workers <= 1:
+        results = map(decode_photo, *args)
+        return _collect(results, out, statuses)
+    with ProcessPoolExecutor(num_workers) as pool:
+        return _collect(pool.map(decode_photo, *args, chunksize=16), out, statuses)
+
+
+def _collect(results, out: np.ndarray, statuses: list[str]) -> list[str]:
+    for i, (status, arr) in enumerate(results):
+        statuses.append(status)
+        if arr is not None:
+            out[i] = arr
+    return statuses
+
+
+def load_photos(files: list[Path], size: int, cache_dir: str | os.PathLike | None = None,
+                num_workers: int | None = None) -> PhotoSet:
+    "Decode `files` at `size` into the cache (or reuse it when the files have not changed) and map it."
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    prefix, digest = _cache_stem(files, size)
+    npy, meta = cache_dir / f"{prefix}-{digest}.npy", cache_dir / f"{prefix}-{digest}.json"
+    if not (npy.exists() and meta.exists()):
+        _build_cache(files, size, npy, meta, num_workers or min(os.cpu_count() or 1, 16))
+        for stale in cache_dir.glob(f"{prefix}-*"):
+            if digest not in stale.name:
+                stale.unlink(missing_ok=True)
+    statuses = json.loads(meta.read_text())["statuses"]
+    return PhotoSet(files, statuses, np.load(npy, mmap_mode="r"))
+
+
+def _build_cache(files: list[Path], size: int, npy: Path, meta: Path, num_workers: int) -> None:
+    log.info(f"decoding {len(files)} photos at {size} px into the cache {npy.parent} (once)")
+    with atomic_path(npy) as tmp:
+        pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), size, size, 3))
+        statuses = _decode_all(files, size, pixels, num_workers)
+        pixels.flush()
+        del pixels
+    with atomic_path(meta) as tmp:
+        tmp.write_text(json.dumps({"statuses": statuses, "files": [str(f) for f in files]}))

@@ -1,0 +1,92 @@
+"""Recipe in, run folder out: `pretrain` (stage one) and `gan_finetune` (stage two), each one library call that the
+CLI commands of the same names wrap."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from fastai.callback.progress import CSVLogger
+from fastai.learner import Learner
+
+from . import learner as _patched  # noqa: F401  (fit_one_cycle is patched onto Learner there)
+from fastai.torch_core import rank_distrib, set_seed
+
+from .artifacts import ARTIFACT_NAME, generator_meta, save_generator
+from .callbacks import LAST, ReplayHistory, RunCheckpoint, load_checkpoint
+from .data import photo_dls
+from .learner import pretrain_learner
+from .models import build_generator
+from .recipes import Section, dumps_toml, load_recipe
+from .utils import ColorganError, atomic_path, log
+
+__all__ = ["pretrain", "PRETRAIN_SCHEMA", "RECIPE_NAME"]
+
+RECIPE_NAME = "recipe.resolved.toml"
+FIT = Section(Learner.fit_one_cycle, ("cbs", "reset_opt", "start_epoch"))
+PRETRAIN_SCHEMA = {
+    "data": Section(photo_dls, ("path", "device")),
+    "model": Section(build_generator, ("img_size",)),
+    "learner": Section(pretrain_learner, ("dls", "model", "path", "cbs")),
+    "fit": FIT,
+}
+
+
+def prepare_run(out, recipe, overrides, schema: dict, resume: bool, overwrite: bool) -> dict:
+    """Load and validate the recipe (a run being resumed uses its own resolved recipe, plus any overrides) and
+    make the run folder; a finished or started run is never overwritten unless `overwrite`."""
+    run = Path(out)
+    if resume:
+        if not (run / RECIPE_NAME).is_file():
+            raise ColorganError(f"nothing to resume in {run}: it has no {RECIPE_NAME}")
+        return load_recipe(run / RECIPE_NAME, schema, overrides)
+    resolved = load_recipe(recipe, schema, overrides)
+    if (run / ARTIFACT_NAME).exists() or (run / LAST).exists():
+        if not overwrite:
+            raise ColorganError(f"{run} already holds a run: continue it with --resume, or choose another --out "
+                                f"(or pass --overwrite to start it again)")
+        if rank_distrib() == 0:
+            shutil.rmtree(run)
+    if rank_distrib() == 0:
+        run.mkdir(parents=True, exist_ok=True)
+        with atomic_path(run / RECIPE_NAME) as tmp:
+            tmp.write_text(dumps_toml(resolved))
+    return resolved
+
+
+def run_fit(learn: Learner, run: Path, recipe: dict, meta: dict, resume: bool, cbs=()) -> Learner:
+    "fit_one_cycle with the run's callbacks; on --resume, from the last finished epoch with its history replayed."
+    fit = dict(recipe["fit"])
+    n_epoch, start, best = fit.pop("n_epoch"), 0, float("inf")
+    cbs = [*cbs, CSVLogger("history.csv"), RunCheckpoint(run, meta)]
+    if resume:
+        state = load_checkpoint(learn, run)
+        start, best = state["epoch"], state["best"]
+        cbs[-1].best = best
+        cbs.append(ReplayHistory(state["history"]))
+        for cb in learn.cbs + cbs:
+            if hasattr(cb, "load_checkpoint_state"):
+                cb.load_checkpoint_state(state)
+        log.info(f"resuming {run} after epoch {start} of {n_epoch}")
+    if start >= n_epoch:
+        log.info(f"{run} already finished its {n_epoch} epochs; raise fit.n_epoch to train longer")
+        return learn
+    learn.fit_one_cycle(n_epoch, start_epoch=start, cbs=cbs, **{k: v for k, v in fit.items() if v is not None})
+    return learn
+
+
+def pretrain(data: str | os.PathLike, out: str | os.PathLike, recipe=None, overrides=(), resume: bool = False,
+             overwrite: bool = False) -> Learner:
+    """Stage one: train the generator on L1 with `fit_one_cycle` as the recipe says, writing the run folder
+    (generator.pth, recipe.resolved.toml, history.csv, samples/, checkpoints/). Returns the Learner."""
+    run = Path(out)
+    recipe = prepare_run(run, recipe, overrides, PRETRAIN_SCHEMA, resume, overwrite)
+    set_seed(recipe["data"]["seed"])
+    dls = photo_dls(data, **recipe["data"])
+    learn = pretrain_learner(dls, path=run, **recipe["learner"], **recipe["model"])
+    meta = generator_meta(recipe, dls.train.size, "pretrain")
+    run_fit(learn, run, recipe, meta, resume)
+    if rank_distrib() == 0:
+        save_generator(learn.model, run / ARTIFACT_NAME, meta)
+        log.info(f"wrote {run / ARTIFACT_NAME}")
+    return learn

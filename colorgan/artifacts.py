@@ -16,19 +16,24 @@ from .color import SCALINGS
 from .models import build_generator
 from .utils import ColorganError, atomic_path
 
-__all__ = ["save_generator", "load_generator", "resolve_artifact", "ARTIFACT_NAME", "generator_meta"]
+__all__ = ["save_generator", "load_generator", "resolve_artifact", "ARTIFACT_NAME", "CRITIC_NAME", "generator_meta",
+           "save_critic", "load_critic_state"]
 
-ARTIFACT_NAME = "generator.pth"
+ARTIFACT_NAME, CRITIC_NAME = "generator.pth", "critic.pth"
 FORMAT = "colorgan-generator"
 FORMAT_VERSION = 1
-_BUILD_KEYS = ("arch", "self_attention", "blur", "spectral_norm")
+BUILD_KEYS = ("arch", "self_attention", "blur", "spectral_norm")
 
 
-def generator_meta(recipe: dict, size: int, stage: str) -> dict:
-    "Metadata stored with the weights: how to rebuild the network, the scalings, the recipe, the version."
-    model = recipe.get("model", {})
-    return {"build": {k: model[k] for k in _BUILD_KEYS if k in model}, "size": int(size), "stage": stage,
-            "scalings": dict(SCALINGS), "recipe": recipe, "colorgan_version": __version__}
+def generator_meta(build: dict, size: int, stage: str, recipe: dict) -> dict:
+    """Metadata stored with the weights: how to rebuild the network (`build_generator` keywords), its training size,
+    the stage, the scalings, the resolved recipe and colorgan's version."""
+    return {"build": {k: build[k] for k in BUILD_KEYS if k in build}, "size": int(size), "stage": stage,
+            "scalings": dict(SCALINGS), "recipe": _no_none(recipe), "colorgan_version": __version__}
+
+
+def _no_none(recipe: dict) -> dict:
+    return {s: {k: v for k, v in kv.items() if v is not None} for s, kv in recipe.items()}
 
 
 def save_generator(model: nn.Module, path: str | os.PathLike, meta: dict) -> Path:
@@ -74,3 +79,17 @@ def load_generator(model: str | os.PathLike, device="cpu") -> tuple[nn.Module, d
     net = build_generator(pretrained=False, img_size=meta["size"], **meta["build"])
     net.load_state_dict(blob["state_dict"])
     return net.to(device).eval(), meta
+
+
+def save_critic(critic: nn.Module, path: str | os.PathLike, build: dict) -> Path:
+    "The critic beside the generator, with the `build_critic` keywords that rebuild it."
+    path = Path(path)
+    state = {k: v.detach().cpu() for k, v in _unwrap(critic).state_dict().items()}
+    with atomic_path(path) as tmp:
+        torch.save({"format": "colorgan-critic", "build": build, "state_dict": state}, tmp)
+    return path
+
+
+def load_critic_state(path: str | os.PathLike) -> dict:
+    "{'build': build_critic keywords, 'state_dict': ...} of a saved critic."
+    return torch.load(path, map_location="cpu", weights_only=True)

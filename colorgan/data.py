@@ -18,7 +18,7 @@ from fastai.data.load import DataLoader
 from fastai.torch_core import default_device
 
 from .color import lab_to_model, rgb_to_lab
-from .photos import PhotoSet, find_photos, load_photos
+from .photos import PhotoSet, find_photos, load_photos, report
 from .show import show_columns
 from .utils import ColorganError, log
 
@@ -92,7 +92,6 @@ def split_photos(path: Path, valid_pct: float, seed: int) -> tuple[list[Path], l
 
 
 def _usable(photos: PhotoSet, keep_gray: bool, what: str, path: Path) -> np.ndarray:
-    photos.report(keep_gray)
     idx = photos.usable(keep_gray)
     if len(idx) == 0:
         raise ColorganError(f"no usable {what} photos in {path}: {len(photos.files)} found, none readable in colour")
@@ -106,8 +105,9 @@ def photo_dls(path: str | os.PathLike, size: int = 256, bs: int = 16, valid_pct:
     scaled to about [-1, 1]). Unreadable files are skipped and gray ones left out, each with a summary line."""
     path = Path(path)
     train_files, valid_files = split_photos(path, valid_pct, seed)
-    train = _usable(load_photos(train_files, size, cache_dir, num_workers), keep_gray, "training", path)
-    valid = _usable(load_photos(valid_files, size, cache_dir, num_workers), keep_gray, "validation", path)
+    sets = [load_photos(files, size, cache_dir, num_workers) for files in (train_files, valid_files)]
+    report(sets, keep_gray)
+    train, valid = (_usable(s, keep_gray, what, path) for s, what in zip(sets, ("training", "validation")))
     log.info(f"{len(train)} training and {len(valid)} validation photos at {size} px")
     device = default_device() if device is None else device
     train_dl = LabDataLoader(train, bs=min(bs, len(train)), shuffle=True, drop_last=True, augment=augment,

@@ -39,12 +39,13 @@ def _load_local_weights(model: nn.Module, weights: str | os.PathLike) -> None:
     except Exception as e:  # any decode failure is the file's fault; say which file
         raise ColorganError(f"could not read weights file {path}: {e}") from e
     state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
-    own = model.state_dict()
-    state = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
-    missing = [k for k in own if k not in state and not k.startswith(model.default_cfg.get("classifier", "fc"))]
-    if missing:
+    own, head = model.state_dict(), model.default_cfg.get("classifier", "fc")
+    misfits = [k for k in own.keys() | state.keys() if not k.startswith(head)
+               and (k not in own or k not in state or own[k].shape != state[k].shape)]
+    if misfits:
         raise ColorganError(f"weights file {path} does not fit '{model.default_cfg.get('architecture')}': "
-                            f"{len(missing)} tensors missing or of another shape, e.g. {missing[:3]}")
+                            f"{len(misfits)} tensors missing, extra or of another shape, e.g. {sorted(misfits)[:3]}")
+    state = {k: v for k, v in state.items() if v.shape == own[k].shape}  # a classifier of another size is dropped
     model.load_state_dict(state, strict=False)
 
 

@@ -61,15 +61,19 @@ class PhotoSet:
         keep = {OK, GRAY} if keep_gray else {OK}
         return np.array([i for i, s in enumerate(self.statuses) if s in keep], dtype=np.int64)
 
-    def report(self, keep_gray: bool = False) -> None:
-        "One summary line for unreadable files and one for gray photos left out."
-        bad = [f.name for f, s in zip(self.files, self.statuses) if s == UNREADABLE]
-        gray = [f.name for f, s in zip(self.files, self.statuses) if s == GRAY]
-        if bad:
-            log.warning(f"skipped {len(bad)} unreadable file(s): {short_list(bad)}")
-        if gray and not keep_gray:
-            log.info(f"left out {len(gray)} gray photo(s) with no colour to learn from: {short_list(gray)}"
-                     " (keep them with data.keep_gray=true)")
+    def named(self, status: str) -> list[str]:
+        return [f.name for f, s in zip(self.files, self.statuses) if s == status]
+
+
+def report(sets: list[PhotoSet], keep_gray: bool = False) -> None:
+    "One summary line for the unreadable files of all `sets`, and one for the gray photos left out."
+    bad = [name for s in sets for name in s.named(UNREADABLE)]
+    gray = [name for s in sets for name in s.named(GRAY)]
+    if bad:
+        log.warning(f"skipped {len(bad)} unreadable file(s): {short_list(bad)}")
+    if gray and not keep_gray:
+        log.info(f"left out {len(gray)} gray photo(s) with no colour to learn from: {short_list(gray)}"
+                 " (keep them with data.keep_gray=true)")
 
 
 def default_cache_dir() -> Path:

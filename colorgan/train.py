@@ -12,15 +12,16 @@ from fastai.learner import Learner
 from . import learner as _patched  # noqa: F401  (fit_one_cycle is patched onto Learner there)
 from fastai.torch_core import rank_distrib, set_seed
 
-from .artifacts import ARTIFACT_NAME, generator_meta, save_generator
+from .artifacts import ARTIFACT_NAME, CRITIC_NAME, generator_meta, load_generator, save_critic, save_generator
 from .callbacks import LAST, ReplayHistory, RunCheckpoint, load_checkpoint
 from .data import photo_dls
+from .gan import ConditionalGAN, gan_learner
 from .learner import pretrain_learner
-from .models import build_generator
+from .models import build_critic, build_generator
 from .recipes import Section, dumps_toml, load_recipe
 from .utils import ColorganError, atomic_path, log
 
-__all__ = ["pretrain", "PRETRAIN_SCHEMA", "RECIPE_NAME"]
+__all__ = ["pretrain", "gan_finetune", "PRETRAIN_SCHEMA", "GAN_SCHEMA", "RECIPE_NAME"]
 
 RECIPE_NAME = "recipe.resolved.toml"
 FIT = Section(Learner.fit_one_cycle, ("cbs", "reset_opt", "start_epoch"))
@@ -28,6 +29,13 @@ PRETRAIN_SCHEMA = {
     "data": Section(photo_dls, ("path", "device")),
     "model": Section(build_generator, ("img_size",)),
     "learner": Section(pretrain_learner, ("dls", "model", "path", "cbs")),
+    "fit": FIT,
+}
+GAN_SCHEMA = {
+    "data": Section(photo_dls, ("path", "device")),
+    "critic": Section(build_critic),
+    "gan": Section(ConditionalGAN, ("critic",)),
+    "learner": Section(gan_learner, ("dls", "generator", "critic", "path", "cbs")),
     "fit": FIT,
 }
 
@@ -84,9 +92,30 @@ def pretrain(data: str | os.PathLike, out: str | os.PathLike, recipe=None, overr
     set_seed(recipe["data"]["seed"])
     dls = photo_dls(data, **recipe["data"])
     learn = pretrain_learner(dls, path=run, **recipe["learner"], **recipe["model"])
-    meta = generator_meta(recipe, dls.train.size, "pretrain")
+    meta = generator_meta(recipe["model"], dls.train.size, "pretrain", recipe)
     run_fit(learn, run, recipe, meta, resume)
     if rank_distrib() == 0:
         save_generator(learn.model, run / ARTIFACT_NAME, meta)
         log.info(f"wrote {run / ARTIFACT_NAME}")
+    return learn
+
+
+def gan_finetune(data: str | os.PathLike, generator: str | os.PathLike, out: str | os.PathLike, recipe=None,
+                 overrides=(), resume: bool = False, overwrite: bool = False) -> Learner:
+    """Stage two: fine-tune a stage-one generator (a run folder or artefact) adversarially against a conditional
+    PatchGAN, as the recipe says. Writes the same kind of run folder as `pretrain`, with critic.pth beside the
+    generator artefact, and returns the Learner (its model is the generator)."""
+    run = Path(out)
+    recipe = prepare_run(run, recipe, overrides, GAN_SCHEMA, resume, overwrite)
+    set_seed(recipe["data"]["seed"])
+    net, source = load_generator(generator)
+    dls = photo_dls(data, **recipe["data"])
+    critic = build_critic(**recipe["critic"])
+    learn = gan_learner(dls, net.train(), critic, path=run, **recipe["learner"], **recipe["gan"])
+    meta = generator_meta(source["build"], dls.train.size, "gan", recipe)
+    run_fit(learn, run, recipe, meta, resume)
+    if rank_distrib() == 0:
+        save_generator(learn.model, run / ARTIFACT_NAME, meta)
+        save_critic(critic, run / CRITIC_NAME, recipe["critic"])
+        log.info(f"wrote {run / ARTIFACT_NAME} and {run / CRITIC_NAME}")
     return learn

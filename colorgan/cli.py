@@ -1,0 +1,71 @@
+"""The `colorgan` command: a thin click layer. Each command parses, calls one library function, prints, exits."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from . import __version__
+from .utils import ColorganError
+
+
+class _Group(click.Group):
+    "Turns a ColorganError (bad input: a path, a recipe, a checkpoint) into a one-line message and exit code 1."
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ColorganError as e:
+            raise click.ClickException(str(e)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="colorgan")
+def main():
+    "Learn to colorize black-and-white photographs (stage one: pretrain; stage two: gan-finetune), then colorize."
+
+
+def _recipe_options(f):
+    f = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+                     help="Override one recipe value, e.g. --set fit.n_epoch=5 (repeatable).")(f)
+    f = click.option("--recipe", type=click.Path(dir_okay=False), help="A TOML recipe (see recipes/).")(f)
+    f = click.option("--out", required=True, type=click.Path(file_okay=False), help="The run folder to write.")(f)
+    f = click.option("--resume", is_flag=True, help="Continue the interrupted run in --out from its last epoch.")(f)
+    f = click.option("--overwrite", is_flag=True, help="Start again in an --out that already holds a run.")(f)
+    return f
+
+
+@main.command()
+@click.argument("data", type=click.Path())
+@_recipe_options
+@click.option("--no-pretrained", is_flag=True, help="Start the body from random weights (no ImageNet download).")
+@click.option("--weights", type=click.Path(dir_okay=False), help="A local timm weights file for the body.")
+def pretrain(data, out, recipe, overrides, resume, overwrite, no_pretrained, weights):
+    "Stage one: train the generator on L1 with fit_one_cycle on the photos in DATA."
+    from .train import pretrain as run
+    overrides = list(overrides) + (["model.pretrained=false"] if no_pretrained else []) + \
+        ([f"model.weights={weights!r}"] if weights else [])
+    run(data, out, recipe=recipe, overrides=overrides, resume=resume, overwrite=overwrite)
+    click.echo(f"done: {out}")
+
+
+@main.command("gan-finetune")
+@click.argument("data", type=click.Path())
+@click.option("--generator", required=True, type=click.Path(), help="Stage one's run folder or generator.pth.")
+@_recipe_options
+def gan_finetune(data, generator, out, recipe, overrides, resume, overwrite):
+    "Stage two: fine-tune a generator against a conditional PatchGAN on the photos in DATA."
+    from .train import gan_finetune as run
+    run(data, generator, out, recipe=recipe, overrides=list(overrides), resume=resume, overwrite=overwrite)
+    click.echo(f"done: {out}")
+
+
+@main.command("sample-photos")
+@click.argument("folder", type=click.Path(file_okay=False))
+def sample_photos(folder):
+    "Write the colour photos that ship with scikit-image to FOLDER, for a first training run."
+    from .samples import write_sample_photos
+    click.echo(f"{len(write_sample_photos(folder))} photos in {folder}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

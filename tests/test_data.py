@@ -1,0 +1,130 @@
+import io
+import logging
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from colorgan import color
+from colorgan.data import photo_dls, random_resized_crop
+from colorgan.photos import find_photos
+from colorgan.utils import ColorganError
+
+
+def _save(img, path, **kw):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, **kw)
+
+
+@pytest.fixture
+def mixed_dir(tmp_path, photo_dir):
+    "Good photos beside every bad kind: corrupt, truncated, not an image, CMYK, 16-bit, palette, alpha, EXIF, tiny, gray."
+    d = tmp_path / "mixed"
+    for i, p in enumerate(sorted(photo_dir.glob("*.jpg"))[:6]):
+        _save(Image.open(p), d / "sub" / f"good{i}.JPG")  # nested folder, upper-case extension
+    src = Image.open(sorted(photo_dir.glob("*.jpg"))[0]).convert("RGB")
+    (d / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    buf = io.BytesIO()
+    src.save(buf, format="JPEG")
+    (d / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    (d / "notes.png").write_text("this is text, not a picture")
+    _save(src.convert("CMYK"), d / "cmyk.jpg")
+    _save(src.convert("P"), d / "palette.png")
+    _save(src.convert("RGBA"), d / "alpha.png")
+    _save(src.resize((12, 9)), d / "tiny.webp")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    _save(src, d / "rotated.jpeg", exif=exif)
+    _save(Image.fromarray((np.arange(60 * 50).reshape(60, 50) * 20).astype(np.uint16)), d / "gray16.png")
+    _save(src.convert("L"), d / "gray.tif")
+    _save(src.convert("L").convert("RGB"), d / "gray_as_rgb.bmp")
+    (d / "readme.txt").write_text("ignored: not an image extension")
+    return d
+
+
+def test_dataloaders_from_a_folder_with_every_bad_kind(mixed_dir, caplog):
+    with caplog.at_level(logging.INFO, logger="colorgan"):
+        dls = photo_dls(mixed_dir, size=32, bs=4, valid_pct=0.25, num_workers=2)
+    text = caplog.text
+    assert "skipped 3 unreadable file(s)" in text
+    assert "left out 3 gray photo(s)" in text
+    n_good = len(dls.train.dataset) + len(dls.valid.dataset)
+    assert n_good == 6 + 5  # good photos plus CMYK, palette, alpha, tiny, rotated
+    l, ab = dls.one_batch()
+    assert l.shape == (4, 1, 32, 32) and ab.shape == (4, 2, 32, 32)
+    assert l.dtype == ab.dtype == torch.float32
+    assert -1 <= l.min() and l.max() <= 1 and ab.abs().max() <= 1
+    assert ab.abs().mean() > 0.01  # there is colour to learn
+
+
+def test_keep_gray_keeps_gray_photos(mixed_dir):
+    dls = photo_dls(mixed_dir, size=32, bs=4, valid_pct=0.25, keep_gray=True, num_workers=1)
+    assert len(dls.train.dataset) + len(dls.valid.dataset) == 14
+
+
+def test_train_valid_subfolders_give_the_split(tmp_path, photo_dir):
+    files = sorted(photo_dir.glob("*.jpg"))
+    for i, p in enumerate(files[:9]):
+        _save(Image.open(p), tmp_path / ("valid" if i < 3 else "train") / p.name)
+    dls = photo_dls(tmp_path, size=32, bs=2, num_workers=1)
+    assert (len(dls.train.dataset), len(dls.valid.dataset)) == (6, 3)
+
+
+def test_random_split_is_seeded(photo_dir):
+    a = photo_dls(photo_dir, size=32, bs=2, valid_pct=0.25, seed=3, num_workers=1)
+    b = photo_dls(photo_dir, size=32, bs=2, valid_pct=0.25, seed=3, num_workers=1)
+    assert np.array_equal(np.asarray(a.valid.dataset), np.asarray(b.valid.dataset))
+    assert len(a.valid.dataset) == 3
+
+
+def test_cache_is_rebuilt_when_the_folder_changes(tmp_path, photo_dir, caplog):
+    for p in sorted(photo_dir.glob("*.jpg"))[:4]:
+        _save(Image.open(p), tmp_path / p.name)
+    with caplog.at_level(logging.INFO, logger="colorgan"):
+        photo_dls(tmp_path, size=32, bs=2, num_workers=1)
+        caplog.clear()
+        photo_dls(tmp_path, size=32, bs=2, num_workers=1)
+        assert "decoding" not in caplog.text  # second run decodes nothing
+        _save(Image.open(sorted(photo_dir.glob("*.jpg"))[5]), tmp_path / "new.jpg")
+        photo_dls(tmp_path, size=32, bs=2, num_workers=1)
+        assert "decoding" in caplog.text
+
+
+@pytest.mark.parametrize("make", [lambda p: None, lambda p: p.mkdir(), lambda p: (p.mkdir(), (p / "a.txt").write_text("x"))])
+def test_missing_or_empty_folder_is_a_clear_error(tmp_path, make):
+    folder = tmp_path / "photos"
+    make(folder)
+    with pytest.raises(ColorganError, match="photos"):
+        photo_dls(folder, size=32)
+
+
+def test_find_photos_is_recursive_and_case_blind(tmp_path):
+    for name in ["a.JPG", "b/c.Png", "b/d/e.tiff", "f.WebP", "g.gif"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in find_photos(tmp_path)] == ["a.JPG", "c.Png", "e.tiff", "f.WebP"]
+
+
+def test_augmentation_is_identical_for_l_and_ab():
+    "Two flat colours of different lightness: after crop and flip every pixel's L still tells its ab."
+    rgb = torch.zeros(8, 3, 32, 32)
+    rgb[:, 0, :, :16] = 0.9   # light red on the left
+    rgb[:, 2, :, 16:] = 0.5   # dark blue on the right
+    pure_l, pure_ab = color.lab_to_model(color.rgb_to_lab(rgb))
+    torch.manual_seed(0)
+    l, ab = color.lab_to_model(color.rgb_to_lab(random_resized_crop(rgb, min_scale=0.2)))
+    for side in (slice(0, 16), slice(16, 32)):
+        ref_l, ref_ab = pure_l[0, :, 0, side][:, 0], pure_ab[0, :, 0, side][:, 0]
+        same = (l[:, 0] - ref_l).abs() < 1e-3
+        assert same.sum() > 100
+        assert ((ab.permute(1, 0, 2, 3)[:, same] - ref_ab[:, None]).abs() < 1e-3).all()
+    assert not torch.equal(l[0], l[1])  # each sample got its own crop
+
+
+def test_show_batch_and_flip_varies(photo_dir):
+    import matplotlib
+    matplotlib.use("Agg")
+    dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, num_workers=1)
+    axs = dls.show_batch(max_n=2)
+    assert len(axs) == 4 and axs[1].get_title() == "colour"

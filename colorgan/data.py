@@ -42,9 +42,20 @@ def random_resized_crop(rgb: torch.Tensor, min_scale: float = 0.35, ratio=(3 / 4
     return F.grid_sample(rgb, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
+class CachedPhotos:
+    "uint8 photos (N,S,S,3), usually a memory map of the cache; `new_empty` lets fastai export a Learner."
+    def __init__(self, pixels: np.ndarray): self.pixels = pixels
+    def __len__(self): return len(self.pixels)
+    def __getitem__(self, idx): return self.pixels[idx]
+    def __array__(self, dtype=None, copy=None): return np.asarray(self.pixels, dtype=dtype)
+    @property
+    def shape(self): return self.pixels.shape
+    def new_empty(self): return CachedPhotos(np.zeros((0, *self.pixels.shape[1:]), dtype=np.uint8))
+
+
 class LabDataLoader(DataLoader):
     "Batches of cached uint8 photos -> (L, ab) on `device`, augmented there when `augment`."
-    def __init__(self, dataset: np.ndarray, bs: int = 16, shuffle: bool = False, augment: bool = False,
+    def __init__(self, dataset: CachedPhotos, bs: int = 16, shuffle: bool = False, augment: bool = False,
                  min_scale: float = 0.35, **kwargs):
         super().__init__(dataset, bs=bs, shuffle=shuffle, **kwargs)
         self.augment, self.min_scale = augment, min_scale
@@ -110,6 +121,7 @@ def photo_dls(path: str | os.PathLike, size: int = 256, bs: int = 16, valid_pct:
     train, valid = (_usable(s, keep_gray, what, path) for s, what in zip(sets, ("training", "validation")))
     log.info(f"{len(train)} training and {len(valid)} validation photos at {size} px")
     device = default_device() if device is None else device
+    train, valid = CachedPhotos(train), CachedPhotos(valid)
     train_dl = LabDataLoader(train, bs=min(bs, len(train)), shuffle=True, drop_last=True, augment=augment,
                              min_scale=min_scale, device=device)
     valid_dl = LabDataLoader(valid, bs=bs, shuffle=False, device=device)

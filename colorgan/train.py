@@ -12,7 +12,7 @@ from fastai.learner import Learner
 from . import learner as _patched  # noqa: F401  (fit_one_cycle is patched onto Learner there)
 from fastai.torch_core import rank_distrib, set_seed
 
-from .artifacts import ARTIFACT_NAME, CRITIC_NAME, generator_meta, load_generator, save_critic, save_generator
+from .artifacts import ARTIFACT_NAME, CRITIC_NAME, generator_meta, load_generator, resolve_artifact, save_critic, save_generator
 from .callbacks import LAST, ReplayHistory, RunCheckpoint, load_checkpoint
 from .data import photo_dls
 from .gan import ConditionalGAN, gan_learner
@@ -105,7 +105,7 @@ def gan_finetune(data: str | os.PathLike, generator: str | os.PathLike, out: str
     """Stage two: fine-tune a stage-one generator (a run folder or artefact) adversarially against a conditional
     PatchGAN, as the recipe says. Writes the same kind of run folder as `pretrain`, with critic.pth beside the
     generator artefact, and returns the Learner (its model is the generator)."""
-    run = Path(out)
+    run, generator = Path(out), resolve_artifact(generator)  # a wrong path fails before anything else
     recipe = prepare_run(run, recipe, overrides, GAN_SCHEMA, resume, overwrite)
     set_seed(recipe["data"]["seed"])
     net, source = load_generator(generator)

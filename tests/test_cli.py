@@ -1,0 +1,65 @@
+import pytest
+from click.testing import CliRunner
+
+from colorgan import __version__
+from colorgan.cli import main
+
+TINY_TOML = """
+[data]
+size = 32
+bs = 4
+valid_pct = 0.25
+augment = false
+[model]
+pretrained = false
+[fit]
+n_epoch = 1
+lr_max = 1e-3
+"""
+TINY_GAN_TOML = TINY_TOML.replace("[model]\npretrained = false\n", "[critic]\nn_filters = 8\n")
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_help_and_version():
+    assert run("--help").exit_code == 0
+    out = run("--version").output
+    assert __version__ in out
+    for command in ["pretrain", "gan-finetune", "sample-photos"]:
+        assert run(command, "--help").exit_code == 0
+
+
+def test_both_stages_end_to_end(photo_dir, tmp_path):
+    (tmp_path / "tiny.toml").write_text(TINY_TOML)
+    (tmp_path / "tiny-gan.toml").write_text(TINY_GAN_TOML)
+    r = run("pretrain", photo_dir, "--recipe", tmp_path / "tiny.toml", "--out", tmp_path / "g", "--set", "fit.lr_max=2e-3")
+    assert r.exit_code == 0, r.output
+    assert "lr_max = 0.002" in (tmp_path / "g" / "recipe.resolved.toml").read_text()
+    r = run("gan-finetune", photo_dir, "--generator", tmp_path / "g", "--recipe", tmp_path / "tiny-gan.toml",
+            "--out", tmp_path / "gan")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "gan" / "generator.pth").is_file() and (tmp_path / "gan" / "critic.pth").is_file()
+    r = run("pretrain", photo_dir, "--recipe", tmp_path / "tiny.toml", "--out", tmp_path / "g")
+    assert r.exit_code == 1 and "already holds a run" in r.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["pretrain", "{tmp}/nowhere", "--out", "{tmp}/r", "--no-pretrained", "--set", "fit.n_epoch=1"], "does not exist"),
+    (["pretrain", "{photos}", "--out", "{tmp}/r", "--set", "fit.n_epochs=1"], "did you mean 'n_epoch'"),
+    (["pretrain", "{photos}", "--out", "{tmp}/r", "--recipe", "{tmp}/missing.toml"], "missing.toml does not exist"),
+    (["gan-finetune", "{photos}", "--generator", "{tmp}/nope", "--out", "{tmp}/r"], "does not exist"),
+    (["gan-finetune", "{photos}", "--generator", "{tmp}", "--out", "{tmp}/r"], "without generator.pth"),
+    (["pretrain", "{photos}", "--out", "{tmp}/r", "--resume"], "nothing to resume"),
+])
+def test_bad_input_exits_non_zero_with_a_message(photo_dir, tmp_path, args, message):
+    args = [a.format(tmp=tmp_path, photos=photo_dir) for a in args]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 1 and message in r.output, r.output
+    assert "Traceback" not in r.output
+
+
+def test_sample_photos(tmp_path):
+    r = run("sample-photos", tmp_path / "s")
+    assert r.exit_code == 0 and len(list((tmp_path / "s").glob("*.jpg"))) == 50

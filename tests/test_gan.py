@@ -1,0 +1,136 @@
+import copy
+import csv
+import math
+
+import pytest
+import torch
+from fastai.torch_core import set_seed
+
+from colorgan.artifacts import load_generator
+from colorgan.callbacks import RunCheckpoint
+from colorgan.data import photo_dls
+from colorgan.gan import GAN_LOG, ConditionalGAN, gan_learner
+from colorgan.models import build_critic, build_generator
+from colorgan.train import gan_finetune, pretrain
+from conftest import tiny_recipe
+
+
+@pytest.fixture(scope="module")
+def stage_one(photo_dir, tmp_path_factory):
+    run = tmp_path_factory.mktemp("stage1") / "run"
+    pretrain(photo_dir, run, recipe=tiny_recipe(model={"pretrained": False}))
+    return run
+
+
+def _snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _changed(before, module):
+    return [k for k, v in module.state_dict().items() if v.is_floating_point() and not torch.equal(before[k], v)]
+
+
+@pytest.fixture
+def learn(photo_dir):
+    set_seed(0)
+    dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False, num_workers=1)
+    return gan_learner(dls, build_generator(pretrained=False, img_size=32), build_critic(n_filters=8))
+
+
+def test_one_epoch_changes_both_nets_and_keeps_the_critic_apart(learn):
+    gan = learn.conditional_gan
+    g0, c0 = _snapshot(learn.model), _snapshot(gan.critic)
+    learn.fit(1, 1e-3)
+    assert _changed(g0, learn.model) and _changed(c0, gan.critic)
+    learner_params = {id(p) for p in learn.opt.all_params().itemgot(0)}
+    assert not learner_params & {id(p) for p in gan.critic.parameters()}
+    assert all(p.requires_grad for p in gan.critic.parameters())
+    assert all(p.requires_grad for p in learn.model.parameters())
+    for name in GAN_LOG:
+        assert math.isfinite(gan.epoch_mean(name)), name
+
+
+def test_requires_grad_is_restored_after_each_step(learn):
+    gan, seen = learn.conditional_gan, []
+    critic_step = ConditionalGAN._critic_step
+
+    def checked_step(self):
+        seen.append(("before", all(not p.requires_grad for p in self.critic.parameters())))
+        critic_step(self)
+        seen.append(("after", all(p.requires_grad for p in self.critic.parameters())))
+    gan._critic_step = checked_step.__get__(gan)
+    learn.fit(1, 1e-3)
+    assert seen and all(ok for _, ok in seen)
+
+
+def test_warmup_trains_the_critic_alone(learn):
+    gan = learn.conditional_gan
+    gan.warmup = 100  # longer than the epoch
+    g0, c0 = _snapshot(learn.model), _snapshot(gan.critic)
+    learn.fit(1, 1e-3)
+    assert _changed(c0, gan.critic)
+    assert not [k for k in _changed(g0, learn.model) if "running" not in k and "num_batches" not in k]
+
+
+def test_frozen_encoder_stays_put(photo_dir):
+    dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False, num_workers=1)
+    learn = gan_learner(dls, build_generator(pretrained=False, img_size=32), build_critic(n_filters=8),
+                        freeze_encoder=True)
+    conv = learn.model[0][0].weight.detach().clone()
+    learn.fit(1, 1e-3)
+    assert torch.equal(conv, learn.model[0][0].weight) and not learn.model[0][0].weight.requires_grad
+
+
+@pytest.mark.parametrize("adv_loss", ["lsgan", "hinge"])
+def test_other_adversarial_losses_train(photo_dir, adv_loss):
+    dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False, num_workers=1)
+    learn = gan_learner(dls, build_generator(pretrained=False, img_size=32), build_critic(n_filters=8),
+                        adv_loss=adv_loss, label_smoothing=0.1, critic_steps=2)
+    learn.fit(1, 1e-3)
+    assert all(math.isfinite(learn.conditional_gan.epoch_mean(n)) for n in GAN_LOG)
+
+
+def test_gan_finetune_logs_losses_and_writes_a_loadable_artefact(photo_dir, stage_one, tmp_path):
+    run = tmp_path / "gan"
+    gan_finetune(photo_dir, stage_one, run, recipe=tiny_recipe(critic={"n_filters": 8}))
+    with open(run / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1
+    for name in [*GAN_LOG, "valid_loss", "psnr", "colorfulness"]:
+        assert math.isfinite(float(rows[0][name])), name
+    net, meta = load_generator(run)  # the same loader, the same format as stage one
+    _, meta1 = load_generator(stage_one)
+    assert meta["stage"] == "gan" and meta.keys() == meta1.keys() and meta["build"] == meta1["build"]
+    assert (run / "critic.pth").is_file()
+    gan_finetune(photo_dir, run, tmp_path / "again", recipe=tiny_recipe(critic={"n_filters": 8}))  # GAN in, GAN out
+
+
+def test_resume_restores_critic_and_optimizers(photo_dir, stage_one, tmp_path, monkeypatch):
+    run, recipe = tmp_path / "gan", tiny_recipe(critic={"n_filters": 8}, fit={"n_epoch": 2})
+    original = RunCheckpoint.after_epoch
+
+    def crash(self):
+        original(self)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(RunCheckpoint, "after_epoch", crash)
+    with pytest.raises(KeyboardInterrupt):
+        gan_finetune(photo_dir, stage_one, run, recipe=recipe)
+    saved = torch.load(run / "checkpoints/last.pth", weights_only=True)
+    monkeypatch.setattr(RunCheckpoint, "after_epoch", original)
+
+    seen = {}
+    before_fit = ConditionalGAN.before_fit
+
+    def spy(self):
+        before_fit(self)
+        seen["critic"] = _snapshot(self.critic)
+        seen["critic_opt"] = copy.deepcopy(self.critic_opt.state_dict())  # live tensors: Adam updates in place
+        seen["opt"] = copy.deepcopy(self.learn.opt.state_dict())
+    monkeypatch.setattr(ConditionalGAN, "before_fit", spy)
+    gan_finetune(photo_dir, stage_one, run, resume=True)
+    assert all(torch.equal(seen["critic"][k], v) for k, v in saved["critic"].items())
+    exp_avg = [s["exp_avg"] for s in seen["critic_opt"]["state"].values()]
+    assert exp_avg and all(torch.equal(a, s["exp_avg"]) for a, s in zip(exp_avg, saved["critic_opt"]["state"].values()))
+    assert torch.equal(seen["opt"]["state"][0]["grad_avg"], saved["opt"]["state"][0]["grad_avg"])
+    assert saved["gan_batches"] > 0
+    assert torch.load(run / "checkpoints/last.pth", weights_only=True)["epoch"] == 2

@@ -59,6 +59,53 @@ def gan_finetune(data, generator, out, recipe, overrides, resume, overwrite):
     click.echo(f"done: {out}")
 
 
+@main.command()
+@click.argument("model", type=click.Path())
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the colorized photos.")
+@click.option("--render-size", type=int, help="Network input size (default: the model's training size).")
+@click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
+@click.option("--compare", is_flag=True, help="Also write NAME_compare (gray | colour) beside each output.")
+@click.option("--bs", default=8, show_default=True, help="Photos per network call.")
+@click.option("--device", help="cpu, cuda or cuda:N (default: the GPU when there is one).")
+def colorize(model, inputs, out, render_size, overwrite, compare, bs, device):
+    """Colorize photos at full resolution. MODEL is a run folder or generator.pth; INPUTS are files, folders
+    (recursive) and globs; outputs mirror the inputs under --out. Exit code 1 if any photo failed."""
+    from .colorize import colorize_paths
+    from .inference import Colorizer
+    result = colorize_paths(Colorizer.from_artifact(model, render_size, device), inputs, out, overwrite, compare, bs)
+    for src, why in result.failed:
+        click.echo(f"failed: {src}: {why}", err=True)
+    click.echo(f"{len(result.written)} colorized, {len(result.skipped)} kept, {len(result.failed)} failed -> {out}")
+    sys.exit(1 if result.failed else 0)
+
+
+@main.command()
+@click.argument("model", type=click.Path(), required=False)
+@click.argument("data", type=click.Path())
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for metrics and samples.")
+@click.option("--baseline", type=click.Choice(["gray"]), help="Also score the L channel alone (no colour).")
+@click.option("--render-size", type=int, help="Network input size (default: the model's training size).")
+@click.option("--device", help="cpu, cuda or cuda:N (default: the GPU when there is one).")
+def evaluate(model, data, out, baseline, render_size, device):
+    """Take the colour out of the colour photos in DATA, colorize them with MODEL, and compare with the originals
+    (PSNR, SSIM, CIEDE2000, colourfulness, delta-CF) under a fixed, stated protocol."""
+    from .evaluate import evaluate as run, format_table
+    click.echo(format_table(run(model, data, out, baseline, render_size=render_size, device=device)))
+
+
+@main.command()
+@click.argument("model", type=click.Path())
+@click.option("--onnx", "onnx_path", required=True, type=click.Path(dir_okay=False), help="The .onnx file to write.")
+@click.option("--opset", default=17, show_default=True)
+def export(model, onnx_path, opset):
+    "Export MODEL to ONNX (input L in [0,100], output ab; dynamic size, multiples of 32), checked against torch."
+    from .export import export_onnx
+    diffs = export_onnx(model, onnx_path, opset)
+    checked = "; ".join(f"{'x'.join(map(str, s))}: max |diff| {d:.2e}" for s, d in diffs) if diffs else "not checked"
+    click.echo(f"wrote {onnx_path} ({checked})")
+
+
 @main.command("sample-photos")
 @click.argument("folder", type=click.Path(file_okay=False))
 def sample_photos(folder):

@@ -1,12 +1,15 @@
 """Image-quality numbers on RGB in [0,1]: PSNR, colourfulness, and the fastai metrics built on them."""
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from fastai.learner import Metric
 
 from .color import model_to_rgb
 
-__all__ = ["psnr", "colorfulness", "RGBMetric", "psnr_metric", "colorfulness_metric"]
+__all__ = ["psnr", "ssim", "ciede2000", "colorfulness", "RGBMetric", "psnr_metric", "colorfulness_metric"]
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
@@ -56,3 +59,59 @@ class RGBMetric(Metric):
 def psnr_metric() -> RGBMetric: return RGBMetric(psnr, "psnr")
 def colorfulness_metric(on: str = "pred") -> RGBMetric:
     return RGBMetric(colorfulness, "colorfulness" if on == "pred" else "colorfulness_real", on=on)
+
+
+def _gaussian_window(sigma: float = 1.5, truncate: float = 3.5) -> torch.Tensor:
+    radius = int(truncate * sigma + 0.5)  # scipy's gaussian_filter, as skimage's SSIM uses it
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    g = torch.exp(-(x ** 2) / (2 * sigma ** 2))
+    return g / g.sum()
+
+
+def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Per-image SSIM of (N,C,H,W) batches, averaged over channels, as Wang et al. define it and as
+    `skimage.metrics.structural_similarity(..., gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+    data_range=data_range, channel_axis=...)` computes it (borders excluded)."""
+    x, y = pred.double(), target.double()
+    g = _gaussian_window().to(x.device)
+    n, c = x.shape[:2]
+
+    def blur(t):  # separable Gaussian over the valid region, every channel apart
+        t = t.reshape(n * c, 1, *t.shape[-2:])
+        t = F.conv2d(t, g.view(1, 1, -1, 1))
+        return F.conv2d(t, g.view(1, 1, 1, -1))
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    return s.reshape(n, -1).mean(1).float()
+
+
+def ciede2000(lab1: torch.Tensor, lab2: torch.Tensor) -> torch.Tensor:
+    "CIEDE2000 colour difference per pixel of CIELAB batches (N,3,H,W) -> (N,H,W), kL = kC = kH = 1."
+    l1, a1, b1 = lab1.double().unbind(1)
+    l2, a2, b2 = lab2.double().unbind(1)
+    c_bar = (torch.hypot(a1, b1) + torch.hypot(a2, b2)) / 2
+    g = 0.5 * (1 - torch.sqrt(c_bar ** 7 / (c_bar ** 7 + 25.0 ** 7)))
+    a1p, a2p = a1 * (1 + g), a2 * (1 + g)
+    c1p, c2p = torch.hypot(a1p, b1), torch.hypot(a2p, b2)
+    h1p, h2p = torch.atan2(b1, a1p) % (2 * math.pi), torch.atan2(b2, a2p) % (2 * math.pi)
+    dl, dc = l2 - l1, c2p - c1p
+    dh = h2p - h1p
+    dh = torch.where(dh > math.pi, dh - 2 * math.pi, torch.where(dh < -math.pi, dh + 2 * math.pi, dh))
+    dh = torch.where(c1p * c2p == 0, torch.zeros_like(dh), dh)
+    dH = 2 * torch.sqrt(c1p * c2p) * torch.sin(dh / 2)
+    l_bar, cp_bar = (l1 + l2) / 2, (c1p + c2p) / 2
+    h_sum = h1p + h2p
+    h_bar = torch.where(c1p * c2p == 0, h_sum,
+                        torch.where((h1p - h2p).abs() <= math.pi, h_sum / 2,
+                                    torch.where(h_sum < 2 * math.pi, h_sum / 2 + math.pi, h_sum / 2 - math.pi)))
+    t = (1 - 0.17 * torch.cos(h_bar - math.radians(30)) + 0.24 * torch.cos(2 * h_bar)
+         + 0.32 * torch.cos(3 * h_bar + math.radians(6)) - 0.20 * torch.cos(4 * h_bar - math.radians(63)))
+    d_theta = math.radians(30) * torch.exp(-(((torch.rad2deg(h_bar) - 275) / 25) ** 2))
+    r_c = 2 * torch.sqrt(cp_bar ** 7 / (cp_bar ** 7 + 25.0 ** 7))
+    s_l = 1 + 0.015 * (l_bar - 50) ** 2 / torch.sqrt(20 + (l_bar - 50) ** 2)
+    s_c, s_h = 1 + 0.045 * cp_bar, 1 + 0.015 * cp_bar * t
+    r_t = -torch.sin(2 * d_theta) * r_c
+    de = torch.sqrt((dl / s_l) ** 2 + (dc / s_c) ** 2 + (dH / s_h) ** 2 + r_t * (dc / s_c) * (dH / s_h))
+    return de.float()

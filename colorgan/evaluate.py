@@ -1,0 +1,118 @@
+"""`colorgan evaluate`: take the colour out of colour photos, colorize them, and compare with the originals.
+
+The protocol, stated in every output: each photo is resized so its short side is 256 px and centre-cropped to
+256x256 (as the training cache does it); its CIELAB L is colorized at the model's render size and written out as
+8-bit RGB, exactly as `colorgan colorize` would; the metrics compare that with the original crop.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .color import rgb_to_lab
+from .inference import Colorizer
+from .metrics import ciede2000, colorfulness, psnr, ssim
+from .photos import find_photos, load_photos, report
+from .show import grid_image, gray_rgb
+from .color import lab_to_model
+from .utils import ColorganError, atomic_path, log
+
+__all__ = ["evaluate", "score", "PROTOCOL", "METRICS"]
+
+PROTOCOL = ("short side resized to {size} px and centre-cropped to {size}x{size}; L of the crop colorized at render "
+            "size {render} and saved as 8-bit RGB; PSNR and SSIM on RGB in [0,1] (data range 1, SSIM with a "
+            "Gaussian window sigma 1.5 as Wang et al.), mean CIEDE2000 over pixels, colourfulness M3 of Hasler and "
+            "Suesstrunk (absolute opponent channels, 0-255 scale); delta_cf = |mean colourfulness of originals - "
+            "mean colourfulness of predictions|")
+METRICS = ("psnr", "ssim", "ciede2000", "colorfulness")
+
+
+def score(pred: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
+    "Per-image metrics of RGB batches (N,3,H,W) in [0,1]."
+    return {"psnr": psnr(pred, real).clamp(max=100), "ssim": ssim(pred, real),
+            "ciede2000": ciede2000(rgb_to_lab(pred), rgb_to_lab(real)).flatten(1).mean(1),
+            "colorfulness": colorfulness(pred), "colorfulness_real": colorfulness(real)}
+
+
+def _colorize_batch(colorizer: Colorizer | None, real: torch.Tensor) -> torch.Tensor:
+    "8-bit round trip of what a user gets: the model's colours, or (colorizer None) the gray L alone."
+    l = rgb_to_lab(real)[:, :1]
+    if colorizer is None:
+        rgb = gray_rgb(lab_to_model(torch.cat([l, torch.zeros_like(l).expand(-1, 2, -1, -1)], 1))[0])
+        return (rgb * 255 + 0.5).floor() / 255
+    abs_ = colorizer.predict_ab(list(l.split(1)))
+    out = [torch.from_numpy(colorizer.combine(li, ab)).permute(2, 0, 1) for li, ab in zip(l.split(1), abs_)]
+    return torch.stack(out).float() / 255
+
+
+def _summary(rows: list[dict]) -> dict:
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in (*METRICS, "colorfulness_real")}
+    mean["delta_cf"] = abs(mean["colorfulness_real"] - mean["colorfulness"])
+    return mean
+
+
+def evaluate(model: str | os.PathLike | None, data: str | os.PathLike, out: str | os.PathLike,
+             baseline: str | None = None, size: int = 256, render_size: int | None = None,
+             bs: int = 16, device=None) -> dict:
+    """Score a generator (and, with baseline='gray', the L channel alone) on the colour photos in `data`; write
+    metrics.json, per_image.csv and samples.png to `out`; return the JSON's content."""
+    if model is None and baseline != "gray":
+        raise ColorganError("evaluate needs a MODEL, or --baseline gray to score the gray floor alone")
+    if baseline not in (None, "gray"):
+        raise ColorganError(f"the only baseline is 'gray', not '{baseline}'")
+    colorizer = Colorizer.from_artifact(model, render_size, device) if model is not None else None
+    photos = load_photos(find_photos(data), size)
+    report([photos])
+    idx = photos.usable()
+    if len(idx) == 0:
+        raise ColorganError(f"no colour photos to evaluate in {data}")
+    systems = ({"model": colorizer} if colorizer else {}) | ({"gray": None} if baseline == "gray" else {})
+    rows = {name: [] for name in systems}
+    grid = None
+    for start in range(0, len(idx), bs):
+        batch = idx[start:start + bs]
+        real = torch.from_numpy(np.ascontiguousarray(photos.pixels[batch])).permute(0, 3, 1, 2).float() / 255
+        preds = {name: _colorize_batch(c, real) for name, c in systems.items()}
+        for name, pred in preds.items():
+            per = score(pred, real)
+            rows[name] += [{"file": str(photos.files[i].name), **{k: float(v[j]) for k, v in per.items()}}
+                           for j, i in enumerate(batch)]
+        if grid is None:
+            grid = grid_image([preds.get("gray", gray_rgb(lab_to_model(rgb_to_lab(real))[0])),
+                               *[p for n, p in preds.items() if n != "gray"], real])
+    render = colorizer.render_size if colorizer else "-"
+    result = {"protocol": PROTOCOL.format(size=size, render=render), "data": str(data), "n_images": len(idx),
+              "model": str(model) if model is not None else None,
+              "results": {name: _summary(r) for name, r in rows.items()}}
+    _write(Path(out), result, rows, grid)
+    return result
+
+
+def _write(out: Path, result: dict, rows: dict[str, list[dict]], grid) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=2))
+    with atomic_path(out / "per_image.csv") as tmp, open(tmp, "w", newline="") as f:
+        fields = ["system", "file", *METRICS, "colorfulness_real"]
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        for name, rs in rows.items():
+            w.writerows({"system": name, **r} for r in rs)
+            w.writerow({"system": name, "file": "mean", **result["results"][name]})
+    with atomic_path(out / "samples.png") as tmp:
+        grid.save(tmp, format="PNG")
+    log.info(f"wrote {out / 'metrics.json'}, {out / 'per_image.csv'} and {out / 'samples.png'}")
+
+
+def format_table(result: dict) -> str:
+    "The means as a Markdown table, one column per system, under the protocol."
+    names = list(result["results"])
+    keys = (*METRICS, "colorfulness_real", "delta_cf")
+    lines = [f"| metric | {' | '.join(names)} |", "|---|" + "---:|" * len(names)]
+    lines += [f"| {k} | " + " | ".join(f"{result['results'][n][k]:.4f}" for n in names) + " |" for k in keys]
+    return f"{result['n_images']} photos from {result['data']}\nprotocol: {result['protocol']}\n\n" + "\n".join(lines)

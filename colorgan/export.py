@@ -1,0 +1,65 @@
+"""`colorgan export`: the generator as an ONNX graph with dynamic height and width, checked against torch."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .artifacts import load_generator
+from .color import denorm_ab, norm_l
+from .inference import STRIDE
+from .utils import ColorganError, atomic_path, log
+
+__all__ = ["LabGenerator", "export_onnx", "check_onnx"]
+
+
+class LabGenerator(nn.Module):
+    "The generator in CIELAB units: L (N,1,H,W) in [0,100] -> ab (N,2,H,W); H and W multiples of 32."
+    def __init__(self, generator: nn.Module):
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, l: torch.Tensor) -> torch.Tensor:
+        return denorm_ab(self.generator(norm_l(l)))
+
+
+def check_onnx(path: str | os.PathLike, module: nn.Module, shapes) -> list[tuple[tuple, float]] | None:
+    "Largest |onnxruntime - torch| of the ab output at each shape; None when onnxruntime is not installed."
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    gen = torch.Generator().manual_seed(0)
+    diffs = []
+    for shape in shapes:
+        l = torch.rand(shape, generator=gen) * 100
+        with torch.no_grad():
+            ref = module(l).numpy()
+        got = session.run(None, {"L": l.numpy()})[0]
+        diffs.append((tuple(shape), float(np.abs(got - ref).max())))
+    return diffs
+
+
+def export_onnx(model: str | os.PathLike, onnx_path: str | os.PathLike, opset: int = 17, check: bool = True):
+    """Export a run folder or artefact to ONNX (input 'L', output 'ab', dynamic N, H, W) and, when onnxruntime is
+    installed, check it matches torch within 1e-3 at two sizes. Returns the check's [(shape, max diff)]."""
+    net, meta = load_generator(model)
+    module = LabGenerator(net).eval()
+    size = meta["size"]
+    onnx_path = Path(onnx_path)
+    with atomic_path(onnx_path) as tmp:
+        torch.onnx.export(module, (torch.rand(1, 1, size, size) * 100,), str(tmp), dynamo=False, opset_version=opset,
+                          input_names=["L"], output_names=["ab"],
+                          dynamic_axes={"L": {0: "n", 2: "height", 3: "width"}, "ab": {0: "n", 2: "height", 3: "width"}})
+    if not check:
+        return None
+    diffs = check_onnx(onnx_path, module, [(1, 1, size, size), (2, 1, size + STRIDE, 2 * size)])
+    if diffs is None:
+        log.info("onnxruntime is not installed: the exported graph was not checked (pip install onnxruntime)")
+    elif max(d for _, d in diffs) > 1e-3:
+        raise ColorganError(f"ONNX export of {model} does not match torch: {diffs}")
+    return diffs

@@ -1,0 +1,96 @@
+"""Colorize any photo at full resolution with a trained generator (either stage's artefact).
+
+As DeOldify and DDColor do it: the network predicts ab at a render size (about `render_size` squared pixels, the
+aspect ratio kept, each side a multiple of the network's stride 32), the chroma is upsampled to the photo's size
+and recombined with the photo's own full-resolution L. The network's memory is bounded by the render size, so a
+6000x4000 photo runs as easily as a thumbnail, and the output keeps the input's size, orientation and lightness.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .artifacts import load_generator
+from .color import denorm_ab, lab_to_rgb, norm_l, pil_to_rgb_array, rgb_to_lab
+
+__all__ = ["Colorizer", "render_shape", "STRIDE"]
+
+STRIDE = 32  # a DynamicUnet over a ResNet body halves the size 5 times
+
+
+def render_shape(h: int, w: int, render_size: int) -> tuple[int, int]:
+    "The network's input size for an (h, w) photo: about render_size^2 pixels, same aspect, multiples of 32."
+    scale = render_size / math.sqrt(h * w)
+    return (max(STRIDE, round(h * scale / STRIDE) * STRIDE), max(STRIDE, round(w * scale / STRIDE) * STRIDE))
+
+
+class Colorizer:
+    "A trained generator as a function: PIL image in, colorized full-resolution PIL image out."
+    def __init__(self, model: torch.nn.Module, render_size: int = 256, device=None, strip_rows: int = 256):
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model, self.render_size, self.strip_rows = model.to(self.device).eval(), render_size, strip_rows
+
+    @classmethod
+    def from_artifact(cls, path: str | os.PathLike, render_size: int | None = None, device=None) -> "Colorizer":
+        "From a run folder or generator.pth; the render size defaults to the model's training size."
+        model, meta = load_generator(path)
+        return cls(model, render_size or meta["size"], device)
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return self.colorize([img])[0]
+
+    def lightness(self, img: Image.Image) -> torch.Tensor:
+        "The photo's full-resolution CIELAB L, (1,1,H,W) in [0,100], EXIF orientation applied, on the CPU."
+        rgb = torch.from_numpy(pil_to_rgb_array(img)).permute(2, 0, 1)[None]
+        strips = rgb.split(self.strip_rows, dim=2)  # bounded temporaries for a 6000x4000 photo
+        return torch.cat([rgb_to_lab(strip)[:, :1] for strip in strips], 2)
+
+    @torch.no_grad()
+    def predict_ab(self, lightness: list[torch.Tensor]) -> list[torch.Tensor]:
+        "Full-res L maps -> low-res ab maps (CIELAB units), photos of the same render shape batched together."
+        small = [F.interpolate(l, size=render_shape(*l.shape[-2:], self.render_size), mode="bilinear",
+                               antialias=True, align_corners=False) for l in lightness]
+        out: list[torch.Tensor | None] = [None] * len(small)
+        for shape in {s.shape[-2:] for s in small}:
+            idx = [i for i, s in enumerate(small) if s.shape[-2:] == shape]
+            batch = norm_l(torch.cat([small[i] for i in idx]).to(self.device))
+            with self._autocast():
+                ab = denorm_ab(self.model(batch).float()).cpu()
+            for j, i in enumerate(idx):
+                out[i] = ab[j:j + 1]
+        return out
+
+    def _autocast(self):
+        dtype = torch.bfloat16 if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype, enabled=self.device.type == "cuda")
+
+    def combine(self, l: torch.Tensor, ab_small: torch.Tensor) -> np.ndarray:
+        "Full-res L + upsampled chroma -> uint8 RGB (H,W,3), done in strips of rows to bound memory."
+        h, w = l.shape[-2:]
+        out = np.empty((h, w, 3), dtype=np.uint8)
+        sh = ab_small.shape[-2]
+        for top in range(0, h, self.strip_rows):
+            rows = min(self.strip_rows, h - top)
+            ab = _resize_rows(ab_small, h, w, top, rows, sh)
+            rgb = lab_to_rgb(torch.cat([l[..., top:top + rows, :], ab], 1))
+            out[top:top + rows] = (rgb[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+        return out
+
+    def colorize(self, images: list[Image.Image]) -> list[Image.Image]:
+        "Colorize several photos; those of the same render shape share one network call."
+        lightness = [self.lightness(img) for img in images]
+        return [Image.fromarray(self.combine(l, ab)) for l, ab in zip(lightness, self.predict_ab(lightness))]
+
+
+def _resize_rows(ab_small: torch.Tensor, h: int, w: int, top: int, rows: int, sh: int) -> torch.Tensor:
+    "Bilinear upsampling of `ab_small` to (h, w), evaluated only for output rows [top, top+rows)."
+    sw = ab_small.shape[-1]
+    ys = ((torch.arange(top, top + rows, dtype=torch.float32) + 0.5) * sh / h - 0.5) / sh * 2 - 1 + 1 / sh
+    xs = ((torch.arange(w, dtype=torch.float32) + 0.5) * sw / w - 0.5) / sw * 2 - 1 + 1 / sw
+    grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], -1)[None]
+    return F.grid_sample(ab_small, grid, mode="bilinear", padding_mode="border", align_corners=False)

@@ -1,0 +1,141 @@
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from skimage.color import deltaE_ciede2000, rgb2lab
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from colorgan.artifacts import generator_meta, save_generator
+from colorgan.cli import main
+from colorgan.color import pil_to_l
+from colorgan.inference import Colorizer, render_shape
+from colorgan.metrics import ciede2000, colorfulness, psnr, ssim
+from colorgan.models import build_generator
+
+
+@pytest.fixture(scope="module")
+def artefact(tmp_path_factory):
+    "A tiny untrained generator saved as an artefact, with a nudge so its colours are not all gray."
+    torch.manual_seed(0)
+    net = build_generator(pretrained=False, img_size=32)
+    path = tmp_path_factory.mktemp("model") / "generator.pth"
+    save_generator(net, path, generator_meta({"arch": "resnet18"}, 32, "pretrain", {}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def colorizer(artefact):
+    return Colorizer.from_artifact(artefact, device="cpu")
+
+
+def _as(img, fmt, **kw):
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return Image.open(io.BytesIO(buf.getvalue()))
+
+
+@pytest.mark.parametrize("size", [(37, 53), (64, 64), (101, 33), (1, 9)])
+def test_output_size_equals_input_size(colorizer, size):
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8))
+    assert colorizer(img).size == img.size
+
+
+def test_render_shape_is_bounded_and_a_multiple_of_32():
+    h, w = render_shape(4000, 6000, 256)
+    assert h % 32 == 0 and w % 32 == 0 and abs(h * w - 256 ** 2) / 256 ** 2 < 0.2
+    assert render_shape(9, 1, 256) == (768, 96)
+
+
+def test_luminance_is_kept(colorizer, astronaut):
+    out = colorizer(astronaut.convert("L"))
+    l_in, l_out = pil_to_l(astronaut.convert("L")), pil_to_l(out)
+    assert (l_in - l_out).abs().mean() < 1.0  # 8-bit rounding and gamut clipping only
+    assert colorfulness(torch.from_numpy(np.asarray(out)).permute(2, 0, 1)[None] / 255.0) > 1
+
+
+@pytest.mark.parametrize("make", [
+    lambda im: im.convert("L"), lambda im: im, lambda im: im.convert("LA"), lambda im: im.convert("P"),
+    lambda im: im.convert("CMYK"),
+    lambda im: _as(Image.fromarray((np.asarray(im.convert("L"), dtype=np.uint16) * 257)), "PNG"),
+])
+def test_input_kinds(colorizer, astronaut, make):
+    out = colorizer(make(astronaut))
+    assert out.mode == "RGB" and out.size == astronaut.size
+
+
+def test_exif_rotation_is_applied(colorizer, astronaut):
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    out = colorizer(_as(astronaut, "JPEG", exif=exif))
+    assert out.size == (astronaut.height, astronaut.width)
+
+
+def test_metrics_agree_with_skimage(astronaut):
+    a = np.asarray(astronaut) / 255.0
+    b = np.clip(a + np.random.default_rng(1).normal(0, 0.05, a.shape), 0, 1)
+    t = lambda x: torch.tensor(x, dtype=torch.float32).permute(2, 0, 1)[None]
+    assert psnr(t(a), t(b)).item() == pytest.approx(peak_signal_noise_ratio(a, b, data_range=1.0), abs=1e-3)
+    ref = structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                data_range=1.0, channel_axis=-1)
+    assert ssim(t(a), t(b)).item() == pytest.approx(ref, abs=1e-4)
+    la, lb = rgb2lab(a), rgb2lab(b)
+    assert np.abs(ciede2000(t(la), t(lb))[0].numpy() - deltaE_ciede2000(la, lb)).max() < 1e-3
+    # Sharma, Wu and Dalal's published test pairs
+    pairs = torch.tensor([[50, 2.6772, -79.7751, 50, 0, -82.7485, 2.0425],
+                          [50, -1.3802, -84.2814, 50, 0, -82.7485, 1.0],
+                          [50, 2.5, 0, 73, 25, -18, 27.1492]]).double()
+    got = ciede2000(pairs[:, :3, None, None], pairs[:, 3:6, None, None]).flatten()
+    assert torch.allclose(got.double(), pairs[:, 6], atol=1e-3)
+
+
+def test_colourfulness_of_gray_is_zero_and_of_colour_is_not(astronaut):
+    gray = torch.rand(1, 1, 16, 16).expand(1, 3, 16, 16)
+    assert colorfulness(gray).item() == 0
+    assert colorfulness(torch.from_numpy(np.asarray(astronaut)).permute(2, 0, 1)[None] / 255.0).item() > 20
+
+
+def test_colorize_cli_mirrors_inputs_and_survives_a_corrupt_file(artefact, tmp_path, photo_dir):
+    src = tmp_path / "in"
+    (src / "nested").mkdir(parents=True)
+    files = sorted(photo_dir.glob("*.jpg"))[:3]
+    Image.open(files[0]).save(src / "a.jpg")
+    Image.open(files[1]).convert("L").save(src / "nested" / "b.png")
+    (src / "broken.jpg").write_bytes(b"not a photo")
+    before = {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["colorize", str(artefact), str(src), str(files[2]), "--out", str(out), "--compare"])
+    assert r.exit_code == 1, r.output
+    assert "broken.jpg" in r.output and "2 failed" not in r.output
+    assert (out / "a.jpg").is_file() and (out / "nested" / "b.png").is_file() and (out / files[2].name).is_file()
+    assert (out / "a_compare.jpg").is_file()
+    assert Image.open(out / "nested" / "b.png").size == Image.open(src / "nested" / "b.png").size
+    assert before == {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}  # inputs untouched
+    stamp = (out / "a.jpg").stat().st_mtime_ns
+    r = CliRunner().invoke(main, ["colorize", str(artefact), str(src / "a.jpg"), "--out", str(out)])
+    assert r.exit_code == 0 and "1 kept" in r.output and (out / "a.jpg").stat().st_mtime_ns == stamp
+    r = CliRunner().invoke(main, ["colorize", str(artefact), str(src / "a.jpg"), "--out", str(src)])
+    assert r.exit_code == 1 and "overwrite an input" in r.output and before[src / "a.jpg"] == (src / "a.jpg").read_bytes()
+
+
+def test_evaluate_writes_metrics_with_the_gray_floor(artefact, photo_dir, tmp_path):
+    out = tmp_path / "eval"
+    r = CliRunner().invoke(main, ["evaluate", str(artefact), str(photo_dir), "--out", str(out), "--baseline", "gray"])
+    assert r.exit_code == 0, r.output
+    result = json.loads((out / "metrics.json").read_text())
+    assert "centre-cropped to 256x256" in result["protocol"] and result["n_images"] == 12
+    gray, model = result["results"]["gray"], result["results"]["model"]
+    assert gray["colorfulness"] < 1 and gray["delta_cf"] == pytest.approx(gray["colorfulness_real"] - gray["colorfulness"])
+    assert model.keys() == gray.keys() and np.isfinite(list(model.values())).all()
+    rows = (out / "per_image.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * 13 and (out / "samples.png").is_file()
+
+
+def test_export_onnx_matches_torch(artefact, tmp_path):
+    pytest.importorskip("onnxruntime")
+    r = CliRunner().invoke(main, ["export", str(artefact), "--onnx", str(tmp_path / "g.onnx")])
+    assert r.exit_code == 0, r.output
+    assert "1x1x32x32" in r.output and "2x1x64x64" in r.output and (tmp_path / "g.onnx").is_file()

@@ -12,7 +12,7 @@ from fastai.callback.fp16 import MixedPrecision
 from fastai.learner import Learner, Metric
 from torch import nn
 
-from .learner import pretrain_learner
+from .learner import compile_model, pretrain_learner
 from .losses import ADV_LOSSES, critic_loss, generator_loss
 from .models import build_critic
 
@@ -67,7 +67,9 @@ class ConditionalGAN(Callback):
         fmt = torch.channels_last if torch.device(device).type == "cuda" else torch.preserve_format
         self.critic.to(device, memory_format=fmt)
         if self.critic_opt is None:
-            self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=self.critic_lr, betas=self.betas)
+            fused = torch.device(device).type == "cuda"  # one kernel for all of the critic's parameters
+            self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=self.critic_lr, betas=self.betas,
+                                               fused=fused or None)
         mp = getattr(self.learn, "mixed_precision", None)
         self.amp_dtype = None if mp is None else (torch.bfloat16 if str(mp.amp_mode) == "bf16" else torch.float16)
         self.critic_scaler = torch.amp.GradScaler(torch.device(device).type, enabled=self.amp_dtype == torch.float16)
@@ -129,13 +131,15 @@ class ConditionalGAN(Callback):
 
 
 def gan_learner(dls, generator: nn.Module, critic: nn.Module | None = None, wd: float = 1e-4,
-                precision: str = "auto", freeze_encoder: bool = False, path: str = ".", cbs=None,
-                **gan_kwargs) -> Learner:
+                precision: str = "auto", fused_adam: bool | str = "auto", compile: bool = False,
+                freeze_encoder: bool = False, path: str = ".", cbs=None, **gan_kwargs) -> Learner:
     """Stage two: the stage-one Learner around `generator` (L1 loss, PSNR and colourfulness metrics) plus the
     ConditionalGAN callback with `critic` (pix2pix's PatchGAN by default); `gan_kwargs` go to ConditionalGAN.
-    `freeze_encoder` keeps the generator's pretrained encoder fixed during this stage."""
-    learn = pretrain_learner(dls, model=generator, wd=wd, precision=precision, path=path, cbs=cbs)
-    gan = ConditionalGAN(critic, **gan_kwargs)
+    `freeze_encoder` keeps the generator's pretrained encoder fixed during this stage; `compile` compiles both nets."""
+    learn = pretrain_learner(dls, model=generator, wd=wd, precision=precision, fused_adam=fused_adam,
+                             compile=compile, path=path, cbs=cbs)
+    critic = critic if critic is not None else build_critic()
+    gan = ConditionalGAN(compile_model(critic) if compile else critic, **gan_kwargs)
     learn.add_cb(gan)
     learn.metrics = [*gan.metrics(), *learn.metrics]
     if freeze_encoder:

@@ -46,11 +46,11 @@ class RGBMetric(Metric):
         else:
             vals = self.fn(model_to_rgb(l, pred), model_to_rgb(l, ab))
         vals = vals.clamp(max=100.0) if self.fn is psnr else vals  # an exact match would average to inf
-        self.total += vals.sum().item()
+        self.total = self.total + vals.sum()  # stays on the device: no host sync per batch
         self.count += len(vals)
 
     @property
-    def value(self): return self.total / self.count if self.count else None
+    def value(self): return (self.total / self.count).item() if self.count else None
 
     @property
     def name(self): return self._name

@@ -78,3 +78,13 @@ def test_resume_continues_from_the_saved_epoch(photo_dir, tmp_path, monkeypatch)
 def test_resume_without_a_run_is_a_clear_error(photo_dir, tmp_path):
     with pytest.raises(ColorganError, match="nothing to resume"):
         pretrain(photo_dir, tmp_path / "never", resume=True)
+
+
+def test_fused_adamw_trains_and_checkpoints(photo_dir, tmp_path):
+    "The GPU's optimizer (torch's fused AdamW under fastai's OptimWrapper) also runs on CPU, and resumes."
+    run = tmp_path / "run"
+    recipe = tiny_recipe(model={"pretrained": False}, learner={"fused_adam": True}, fit={"n_epoch": 1})
+    learn = pretrain(photo_dir, run, recipe=recipe)
+    assert type(learn.opt).__name__ == "OptimWrapper" and learn.opt.opt.defaults["fused"]
+    learn = pretrain(photo_dir, run, resume=True, overrides=["fit.n_epoch=2"])
+    assert torch.load(run / "checkpoints/last.pth", weights_only=True)["epoch"] == 2

@@ -10,5 +10,5 @@ def test_train_throughput_runs_tiny_and_prints_its_table():
     r = subprocess.run([sys.executable, "train_throughput.py", "--tiny"], cwd=BENCH, capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    lines = [l for l in r.stdout.splitlines() if l.startswith("| stage")]
-    assert len(lines) == 6 and "seed, 2 workers, fp32" in r.stdout and "MFU" in r.stdout
+    lines = [l for l in r.stdout.splitlines() if l.startswith("| stage ")]
+    assert len(lines) == 7 and "seed, 2 workers, fp32" in r.stdout and "MFU" in r.stdout

@@ -106,6 +106,19 @@ def export(model, onnx_path, opset):
     click.echo(f"wrote {onnx_path} ({checked})")
 
 
+@main.command()
+@click.argument("model", type=click.Path())
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True)
+@click.option("--render-size", type=int, help="Network input size (default: the model's training size).")
+@click.option("--max-mb", default=20.0, show_default=True, help="Largest request accepted, in MB.")
+@click.option("--device", help="cpu, cuda or cuda:N (default: the GPU when there is one).")
+def serve(model, host, port, render_size, max_mb, device):
+    "Serve a web page and an HTTP API (POST /colorize, POST /check, GET /health) that colorize photos."
+    from .serve import serve as run
+    run(model, host, port, render_size, int(max_mb * 2 ** 20), device)
+
+
 @main.command("sample-photos")
 @click.argument("folder", type=click.Path(file_okay=False))
 def sample_photos(folder):

@@ -39,6 +39,22 @@ def tiny_recipe(**sections):
     return recipe
 
 
+def interrupted(train, *args, **kwargs):
+    "Run `train(*args, **kwargs)` as if the user pressed Ctrl-C right after its first epoch was checkpointed."
+    from colorgan.callbacks import RunCheckpoint
+    original = RunCheckpoint.after_epoch
+
+    def crash(self):
+        original(self)
+        raise KeyboardInterrupt
+    RunCheckpoint.after_epoch = crash
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(*args, **kwargs)
+    finally:
+        RunCheckpoint.after_epoch = original
+
+
 def rgb_image(seed=0, size=(40, 56)):
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8))
 

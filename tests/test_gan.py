@@ -7,12 +7,11 @@ import torch
 from fastai.torch_core import set_seed
 
 from colorgan.artifacts import load_generator
-from colorgan.callbacks import RunCheckpoint
 from colorgan.data import photo_dls
 from colorgan.gan import GAN_LOG, ConditionalGAN, gan_learner
 from colorgan.models import build_critic, build_generator
 from colorgan.train import gan_finetune, pretrain
-from conftest import tiny_recipe
+from conftest import interrupted, tiny_recipe
 
 
 @pytest.fixture(scope="module")
@@ -107,16 +106,8 @@ def test_gan_finetune_logs_losses_and_writes_a_loadable_artefact(photo_dir, stag
 
 def test_resume_restores_critic_and_optimizers(photo_dir, stage_one, tmp_path, monkeypatch):
     run, recipe = tmp_path / "gan", tiny_recipe(critic={"n_filters": 8}, fit={"n_epoch": 2})
-    original = RunCheckpoint.after_epoch
-
-    def crash(self):
-        original(self)
-        raise KeyboardInterrupt
-    monkeypatch.setattr(RunCheckpoint, "after_epoch", crash)
-    with pytest.raises(KeyboardInterrupt):
-        gan_finetune(photo_dir, stage_one, run, recipe=recipe)
+    interrupted(gan_finetune, photo_dir, stage_one, run, recipe=recipe)
     saved = torch.load(run / "checkpoints/last.pth", weights_only=True)
-    monkeypatch.setattr(RunCheckpoint, "after_epoch", original)
 
     seen = {}
     before_fit = ConditionalGAN.before_fit

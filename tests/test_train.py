@@ -10,7 +10,7 @@ from colorgan.data import photo_dls
 from colorgan.learner import pretrain_learner
 from colorgan.train import pretrain
 from colorgan.utils import ColorganError
-from conftest import tiny_recipe
+from conftest import interrupted, tiny_recipe
 
 
 def _l1(learn, dl):
@@ -50,19 +50,11 @@ def _read_history(run):
 
 def test_resume_continues_from_the_saved_epoch(photo_dir, tmp_path, monkeypatch):
     run, recipe = tmp_path / "run", tiny_recipe(model={"pretrained": False}, fit={"n_epoch": 3})
-    original = RunCheckpoint.after_epoch
-
-    def crash_after_first_epoch(self):
-        original(self)
-        raise KeyboardInterrupt
-    monkeypatch.setattr(RunCheckpoint, "after_epoch", crash_after_first_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        pretrain(photo_dir, run, recipe=recipe)
+    interrupted(pretrain, photo_dir, run, recipe=recipe)
     first = _read_history(run)
     saved = torch.load(run / "checkpoints/last.pth", weights_only=True)
     assert len(first) == 1 and saved["epoch"] == 1 and not (run / "generator.pth").exists()
 
-    monkeypatch.setattr(RunCheckpoint, "after_epoch", original)
     seen = []
     monkeypatch.setattr(RunCheckpoint, "before_fit", lambda self: seen.append(
         {k: v.clone() for k, v in self.model.state_dict().items()}) or setattr(self, "sample", None))

@@ -65,13 +65,15 @@ class RunCheckpoint(Callback):
 
     @torch.no_grad()
     def _save_samples(self):
-        if self.sample is None:
-            self.sample = [t[:self.n_samples] for t in self.dls.valid.one_batch()]
+        if self.sample is None:  # rank 0 alone: the plain loader and model, so nothing waits on other ranks
+            valid = getattr(self.dls.valid, "dl", self.dls.valid)
+            self.sample = [t[:self.n_samples] for t in valid.one_batch()]
         l, ab = self.sample
-        was_training = self.model.training
-        self.model.eval()
-        pred = self.model(l)
-        self.model.train(was_training)
+        model = _unwrap(self.model)
+        was_training = model.training
+        model.eval()
+        pred = model(l)
+        model.train(was_training)
         with atomic_path(self.run / "samples" / f"epoch_{self.epoch + 1:03d}.png") as tmp:
             sample_grid(l, pred, ab).save(tmp, format="PNG")
 

@@ -12,6 +12,8 @@ from fastai.callback.fp16 import MixedPrecision
 from fastai.learner import Learner, Metric
 from torch import nn
 
+from .artifacts import _unwrap
+from .distributed import all_reduce_sum, no_sync, sync_buffers, wrap_ddp
 from .learner import compile_model, pretrain_learner
 from .losses import ADV_LOSSES, critic_loss, generator_loss
 from .models import build_critic
@@ -53,6 +55,7 @@ class ConditionalGAN(Callback):
 
     # -- fastai events ---------------------------------------------------------------------------------------
     def before_fit(self): self._setup()
+    def after_fit(self): self.critic = _unwrap(self.critic)
     def before_train(self): self.sums, self.counts = dict.fromkeys(GAN_LOG, 0.0), dict.fromkeys(GAN_LOG, 0)
     def after_loss(self):
         if self.training: self._generator_loss()
@@ -65,7 +68,7 @@ class ConditionalGAN(Callback):
         "Critic on the data's device (channels_last on a GPU) and its own Adam, made once, kept across fits."
         device = self.dls.device if self.dls.device is not None else torch.device("cpu")
         fmt = torch.channels_last if torch.device(device).type == "cuda" else torch.preserve_format
-        self.critic.to(device, memory_format=fmt)
+        self.critic = wrap_ddp(self.critic.to(device, memory_format=fmt))
         if self.critic_opt is None:
             fused = torch.device(device).type == "cuda"  # one kernel for all of the critic's parameters
             self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=self.critic_lr, betas=self.betas,
@@ -78,10 +81,10 @@ class ConditionalGAN(Callback):
         kind = torch.device(self.dls.device or "cpu").type
         return torch.autocast(kind, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
 
-    def _judge(self, ab: torch.Tensor) -> torch.Tensor:
+    def _judge(self, ab: torch.Tensor, critic: nn.Module) -> torch.Tensor:
         "The critic's patch logits for (L, ab): it always sees the condition."
         with self._autocast():
-            return self.critic(torch.cat([self.xb[0], ab], 1))
+            return critic(torch.cat([self.xb[0], ab], 1))
 
     def _generator_loss(self):
         self._log("loss_G_L1", self.loss)
@@ -89,7 +92,7 @@ class ConditionalGAN(Callback):
             self._critic_step()
             raise CancelBatchException()
         self.critic.requires_grad_(False)
-        adv = generator_loss(self.adv_loss, self._judge(self.pred))
+        adv = generator_loss(self.adv_loss, self._judge(self.pred, _unwrap(self.critic)))  # no DDP sync: D is fixed
         self._log("loss_G_GAN", adv)
         self.learn.loss_grad = self.lambda_l1 * self.loss_grad + adv
 
@@ -99,13 +102,17 @@ class ConditionalGAN(Callback):
                 self._critic_step()
 
     def _critic_step(self):
+        "One step on (real + fake) / 2; real and fake pass the critic apart (as pix2pix), reduced across ranks once."
         self.critic.requires_grad_(True)
-        real = critic_loss(self.adv_loss, self._judge(self.yb[0]), True, self.label_smoothing)
-        fake = critic_loss(self.adv_loss, self._judge(self.pred.detach()), False)
-        self.critic_scaler.scale((real + fake) / 2).backward()
+        with no_sync(self.critic):
+            real = critic_loss(self.adv_loss, self._judge(self.yb[0], self.critic), True, self.label_smoothing)
+            self.critic_scaler.scale(real / 2).backward()
+        fake = critic_loss(self.adv_loss, self._judge(self.pred.detach(), self.critic), False)
+        self.critic_scaler.scale(fake / 2).backward()
         self.critic_scaler.step(self.critic_opt)
         self.critic_scaler.update()
         self.critic_opt.zero_grad(set_to_none=True)
+        sync_buffers(self.critic)
         self._log("loss_D_real", real)
         self._log("loss_D_fake", fake)
 
@@ -115,17 +122,19 @@ class ConditionalGAN(Callback):
         self.counts[name] += 1
 
     def epoch_mean(self, name: str):
-        return (self.sums[name] / self.counts[name]).item() if self.counts[name] else None
+        "The mean of a training loss over the last epoch, over every rank."
+        count = all_reduce_sum(float(self.counts[name]))
+        return (all_reduce_sum(self.sums[name]) / count).item() if count else None
 
     def metrics(self) -> list[Metric]: return [_EpochMean(self, n) for n in GAN_LOG]
 
     def checkpoint_state(self) -> dict:
-        return {"critic": self.critic.state_dict(), "critic_opt": self.critic_opt.state_dict(),
+        return {"critic": _unwrap(self.critic).state_dict(), "critic_opt": self.critic_opt.state_dict(),
                 "gan_batches": self.n_batches}
 
     def load_checkpoint_state(self, state: dict):
         self._setup()
-        self.critic.load_state_dict(state["critic"])
+        _unwrap(self.critic).load_state_dict(state["critic"])
         self.critic_opt.load_state_dict(state["critic_opt"])
         self.n_batches = state["gan_batches"]
 

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from fastai.learner import Metric
 
 from .color import model_to_rgb
+from .distributed import all_reduce_sum
 
 __all__ = ["psnr", "ssim", "ciede2000", "colorfulness", "RGBMetric", "psnr_metric", "colorfulness_metric"]
 
@@ -50,7 +51,10 @@ class RGBMetric(Metric):
         self.count += len(vals)
 
     @property
-    def value(self): return (self.total / self.count).item() if self.count else None
+    def value(self):
+        "The mean over every rank's images."
+        count = all_reduce_sum(float(self.count))
+        return (all_reduce_sum(self.total) / count).item() if count else None
 
     @property
     def name(self): return self._name

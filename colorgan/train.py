@@ -10,11 +10,12 @@ from fastai.callback.progress import CSVLogger
 from fastai.learner import Learner
 
 from . import learner as _patched  # noqa: F401  (fit_one_cycle is patched onto Learner there)
-from fastai.torch_core import rank_distrib, set_seed
+from fastai.torch_core import set_seed
 
 from .artifacts import ARTIFACT_NAME, CRITIC_NAME, generator_meta, load_generator, resolve_artifact, save_critic, save_generator
 from .callbacks import LAST, ReplayHistory, RunCheckpoint, load_checkpoint
 from .data import photo_dls
+from .distributed import barrier, distributed, init_distributed, is_main_process, main_process_first
 from .gan import ConditionalGAN, gan_learner
 from .learner import pretrain_learner
 from .models import build_critic, build_generator
@@ -53,9 +54,9 @@ def prepare_run(out, recipe, overrides, schema: dict, resume: bool, overwrite: b
         if not overwrite:
             raise ColorganError(f"{run} already holds a run: continue it with --resume, or choose another --out "
                                 f"(or pass --overwrite to start it again)")
-        if rank_distrib() == 0:
+        if is_main_process():
             shutil.rmtree(run)
-    if rank_distrib() == 0:
+    if is_main_process():
         run.mkdir(parents=True, exist_ok=True)
         with atomic_path(run / RECIPE_NAME) as tmp:
             tmp.write_text(dumps_toml(resolved))
@@ -66,11 +67,12 @@ def run_fit(learn: Learner, run: Path, recipe: dict, meta: dict, resume: bool, c
     "fit_one_cycle with the run's callbacks; on --resume, from the last finished epoch with its history replayed."
     fit = dict(recipe["fit"])
     n_epoch, start, best = fit.pop("n_epoch"), 0, float("inf")
-    cbs = [*cbs, CSVLogger("history.csv"), RunCheckpoint(run, meta)]
+    checkpoint = RunCheckpoint(run, meta)
+    cbs = [*cbs, *([CSVLogger("history.csv")] if is_main_process() else []), checkpoint]
     if resume:
         state = load_checkpoint(learn, run)
         start, best = state["epoch"], state["best"]
-        cbs[-1].best = best
+        checkpoint.best = best
         cbs.append(ReplayHistory(state["history"]))
         for cb in learn.cbs + cbs:
             if hasattr(cb, "load_checkpoint_state"):
@@ -79,7 +81,8 @@ def run_fit(learn: Learner, run: Path, recipe: dict, meta: dict, resume: bool, c
     if start >= n_epoch:
         log.info(f"{run} already finished its {n_epoch} epochs; raise fit.n_epoch to train longer")
         return learn
-    learn.fit_one_cycle(n_epoch, start_epoch=start, cbs=cbs, **{k: v for k, v in fit.items() if v is not None})
+    with distributed(learn):
+        learn.fit_one_cycle(n_epoch, start_epoch=start, cbs=cbs, **{k: v for k, v in fit.items() if v is not None})
     return learn
 
 
@@ -88,15 +91,18 @@ def pretrain(data: str | os.PathLike, out: str | os.PathLike, recipe=None, overr
     """Stage one: train the generator on L1 with `fit_one_cycle` as the recipe says, writing the run folder
     (generator.pth, recipe.resolved.toml, history.csv, samples/, checkpoints/). Returns the Learner."""
     run = Path(out)
+    init_distributed()
     recipe = prepare_run(run, recipe, overrides, PRETRAIN_SCHEMA, resume, overwrite)
     set_seed(recipe["data"]["seed"])
-    dls = photo_dls(data, **recipe["data"])
+    with main_process_first():
+        dls = photo_dls(data, **recipe["data"])
     learn = pretrain_learner(dls, path=run, **recipe["learner"], **recipe["model"])
     meta = generator_meta(recipe["model"], dls.train.size, "pretrain", recipe)
     run_fit(learn, run, recipe, meta, resume)
-    if rank_distrib() == 0:
+    if is_main_process():
         save_generator(learn.model, run / ARTIFACT_NAME, meta)
         log.info(f"wrote {run / ARTIFACT_NAME}")
+    barrier()  # the other ranks return once the artefact is there for the next stage
     return learn
 
 
@@ -106,16 +112,19 @@ def gan_finetune(data: str | os.PathLike, generator: str | os.PathLike, out: str
     PatchGAN, as the recipe says. Writes the same kind of run folder as `pretrain`, with critic.pth beside the
     generator artefact, and returns the Learner (its model is the generator)."""
     run, generator = Path(out), resolve_artifact(generator)  # a wrong path fails before anything else
+    init_distributed()
     recipe = prepare_run(run, recipe, overrides, GAN_SCHEMA, resume, overwrite)
     set_seed(recipe["data"]["seed"])
     net, source = load_generator(generator)
-    dls = photo_dls(data, **recipe["data"])
+    with main_process_first():
+        dls = photo_dls(data, **recipe["data"])
     critic = build_critic(**recipe["critic"])
     learn = gan_learner(dls, net.train(), critic, path=run, **recipe["learner"], **recipe["gan"])
     meta = generator_meta(source["build"], dls.train.size, "gan", recipe)
     run_fit(learn, run, recipe, meta, resume)
-    if rank_distrib() == 0:
+    if is_main_process():
         save_generator(learn.model, run / ARTIFACT_NAME, meta)
         save_critic(critic, run / CRITIC_NAME, recipe["critic"])
         log.info(f"wrote {run / ARTIFACT_NAME} and {run / CRITIC_NAME}")
+    barrier()
     return learn

@@ -125,3 +125,17 @@ def test_resume_restores_critic_and_optimizers(photo_dir, stage_one, tmp_path, m
     assert torch.equal(seen["opt"]["state"][0]["grad_avg"], saved["opt"]["state"][0]["grad_avg"])
     assert saved["gan_batches"] > 0
     assert torch.load(run / "checkpoints/last.pth", weights_only=True)["epoch"] == 2
+
+
+def test_works_with_fastai_callbacks(learn, tmp_path):
+    "fit_one_cycle drives the generator; CSVLogger and SaveModelCallback see the GAN's columns and model."
+    from fastai.callback.progress import CSVLogger
+    from fastai.callback.tracker import SaveModelCallback
+    learn.path = tmp_path
+    learn.fit_one_cycle(2, 1e-3, cbs=[CSVLogger("log.csv"), SaveModelCallback(monitor="valid_loss", fname="best")])
+    with open(tmp_path / "log.csv") as f:
+        header = next(csv.reader(f))
+    assert header[:3] == ["epoch", "train_loss", "valid_loss"] and set(GAN_LOG) <= set(header)
+    assert (tmp_path / "models" / "best.pth").is_file()
+    lrs = learn.recorder.hps["lr"]
+    assert max(lrs) > 5 * min(lrs)  # the one-cycle schedule moved the generator's learning rate

@@ -93,7 +93,7 @@ def main():
         for side in (512, 4000):
             cmd = [sys.executable, __file__, model, "--case", str(side), "--device", device, "--repeats", str(args.repeats)]
             rows.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1]))
-    print(f"\n| photo | device | render size | latency (s) | peak RSS (MB) | RSS before (MB) | GPU peak (MB) |")
+    print("\n| photo | device | render size | latency (s) | peak RSS (MB) | RSS before (MB) | GPU peak (MB) |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for r in rows:
         gpu = f"{r['gpu_peak_mb']:.0f}" if "gpu_peak_mb" in r else "-"

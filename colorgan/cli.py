@@ -1,6 +1,7 @@
 """The `colorgan` command: a thin click layer. Each command parses, calls one library function, prints, exits."""
 from __future__ import annotations
 
+import json
 import sys
 
 import click
@@ -43,7 +44,7 @@ def pretrain(data, out, recipe, overrides, resume, overwrite, no_pretrained, wei
     "Stage one: train the generator on L1 with fit_one_cycle on the photos in DATA."
     from .train import pretrain as run
     overrides = list(overrides) + (["model.pretrained=false"] if no_pretrained else []) + \
-        ([f"model.weights={weights!r}"] if weights else [])
+        ([f"model.weights={json.dumps(weights)}"] if weights else [])
     run(data, out, recipe=recipe, overrides=overrides, resume=resume, overwrite=overwrite)
     click.echo(f"done: {out}")
 

@@ -90,13 +90,13 @@ def _colorize_chunk(colorizer: Colorizer, chunk, compare: bool, outcome: Outcome
         try:
             with Image.open(src) as img:
                 img.load()
-                images.append((src, dest, img))
+                images.append((dest, img))
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             outcome.failed.append((str(src), f"cannot read: {e}"))
             log.error(f"{src}: cannot read ({e}); going on with the others")
     if not images:
         return
-    for (src, dest, img), colour in zip(images, colorizer.colorize([i for _, _, i in images])):
+    for (dest, img), colour in zip(images, colorizer.colorize([img for _, img in images])):
         _save(colour, dest)
         outcome.written.append(dest)
         if compare:

@@ -14,12 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .color import rgb_to_lab
+from .color import norm_l, rgb_to_lab
 from .inference import Colorizer
 from .metrics import ciede2000, colorfulness, psnr, ssim
 from .photos import find_photos, load_photos, report
 from .show import grid_image, gray_rgb
-from .color import lab_to_model
 from .utils import ColorganError, atomic_path, log
 
 __all__ = ["evaluate", "score", "PROTOCOL", "METRICS"]
@@ -43,10 +42,10 @@ def _colorize_batch(colorizer: Colorizer | None, real: torch.Tensor) -> torch.Te
     "8-bit round trip of what a user gets: the model's colours, or (colorizer None) the gray L alone."
     l = rgb_to_lab(real)[:, :1]
     if colorizer is None:
-        rgb = gray_rgb(lab_to_model(torch.cat([l, torch.zeros_like(l).expand(-1, 2, -1, -1)], 1))[0])
-        return (rgb * 255 + 0.5).floor() / 255
-    abs_ = colorizer.predict_ab(list(l.split(1)))
-    out = [torch.from_numpy(colorizer.combine(li, ab)).permute(2, 0, 1) for li, ab in zip(l.split(1), abs_)]
+        return (gray_rgb(norm_l(l)) * 255 + 0.5).floor() / 255
+    lightness = list(l.split(1))
+    out = [torch.from_numpy(colorizer.combine(li, ab)).permute(2, 0, 1)
+           for li, ab in zip(lightness, colorizer.predict_ab(lightness))]
     return torch.stack(out).float() / 255
 
 
@@ -83,7 +82,7 @@ def evaluate(model: str | os.PathLike | None, data: str | os.PathLike, out: str 
             rows[name] += [{"file": str(photos.files[i].name), **{k: float(v[j]) for k, v in per.items()}}
                            for j, i in enumerate(batch)]
         if grid is None:
-            grid = grid_image([preds.get("gray", gray_rgb(lab_to_model(rgb_to_lab(real))[0])),
+            grid = grid_image([preds.get("gray", gray_rgb(norm_l(rgb_to_lab(real)[:, :1]))),
                                *[p for n, p in preds.items() if n != "gray"], real])
     render = colorizer.render_size if colorizer else "-"
     result = {"protocol": PROTOCOL.format(size=size, render=render), "data": str(data), "n_images": len(idx),

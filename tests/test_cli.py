@@ -63,3 +63,14 @@ def test_bad_input_exits_non_zero_with_a_message(photo_dir, tmp_path, args, mess
 def test_sample_photos(tmp_path):
     r = run("sample-photos", tmp_path / "s")
     assert r.exit_code == 0 and len(list((tmp_path / "s").glob("*.jpg"))) == 50
+
+
+def test_weights_option_reaches_the_model(photo_dir, tmp_path):
+    import timm
+    import torch
+    weights = tmp_path / "it's resnet18.pth"
+    torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), weights)
+    (tmp_path / "tiny.toml").write_text(TINY_TOML)
+    r = run("pretrain", photo_dir, "--recipe", tmp_path / "tiny.toml", "--out", tmp_path / "r", "--weights", weights)
+    assert r.exit_code == 0, r.output
+    assert "it's resnet18.pth" in (tmp_path / "r" / "recipe.resolved.toml").read_text()

@@ -124,6 +124,8 @@ def photo_dls(path: str | os.PathLike, size: int = 256, bs: int = 16, valid_pct:
     sets = [load_photos(files, size, cache_dir, num_workers) for files in (train_files, valid_files)]
     report(sets, keep_gray)
     train, valid = (_usable(s, keep_gray, what, path) for s, what in zip(sets, ("training", "validation")))
+    if len(train) < 2:
+        raise ColorganError(f"{path} has {len(train)} usable training photo; BatchNorm needs batches of 2 or more")
     log.info(f"{len(train)} training and {len(valid)} validation photos at {size} px")
     device = default_device() if device is None else device
     train, valid = CachedPhotos(train), CachedPhotos(valid)

@@ -55,12 +55,25 @@ def prepare_run(out, recipe, overrides, schema: dict, resume: bool, overwrite: b
             raise ColorganError(f"{run} already holds a run: continue it with --resume, or choose another --out "
                                 f"(or pass --overwrite to start it again)")
         if is_main_process():
-            shutil.rmtree(run)
+            clear_run(run)
     if is_main_process():
         run.mkdir(parents=True, exist_ok=True)
         with atomic_path(run / RECIPE_NAME) as tmp:
             tmp.write_text(dumps_toml(resolved))
     return resolved
+
+
+RUN_FILES = (ARTIFACT_NAME, CRITIC_NAME, RECIPE_NAME, "history.csv", "checkpoints", "samples")
+
+
+def clear_run(run: Path) -> None:
+    "Remove what a run wrote, and nothing else: whatever else the folder holds is the user's."
+    for name in RUN_FILES:
+        path = run / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def run_fit(learn: Learner, run: Path, recipe: dict, meta: dict, resume: bool, cbs=()) -> Learner:

@@ -128,3 +128,10 @@ def test_show_batch_and_flip_varies(photo_dir):
     dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, num_workers=1)
     axs = dls.show_batch(max_n=2)
     assert len(axs) == 4 and axs[1].get_title() == "colour"
+
+
+def test_too_few_photos_is_a_clear_error(tmp_path, photo_dir):
+    for p in sorted(photo_dir.glob("*.jpg"))[:2]:
+        _save(Image.open(p), tmp_path / p.name)
+    with pytest.raises(ColorganError, match="1 usable training photo"):
+        photo_dls(tmp_path, size=32, num_workers=1)

@@ -80,3 +80,12 @@ def test_fused_adamw_trains_and_checkpoints(photo_dir, tmp_path):
     assert type(learn.opt).__name__ == "OptimWrapper" and learn.opt.opt.defaults["fused"]
     learn = pretrain(photo_dir, run, resume=True, overrides=["fit.n_epoch=2"])
     assert torch.load(run / "checkpoints/last.pth", weights_only=True)["epoch"] == 2
+
+
+def test_overwrite_removes_only_what_a_run_wrote(photo_dir, tmp_path):
+    run = tmp_path / "run"
+    recipe = tiny_recipe(model={"pretrained": False})
+    pretrain(photo_dir, run, recipe=recipe)
+    (run / "notes.txt").write_text("mine")
+    pretrain(photo_dir, run, recipe=recipe, overwrite=True)
+    assert (run / "notes.txt").read_text() == "mine" and (run / "generator.pth").is_file()

@@ -59,6 +59,7 @@ class ConditionalGAN(Callback):
     def before_train(self): self.sums, self.counts = dict.fromkeys(GAN_LOG, 0.0), dict.fromkeys(GAN_LOG, 0)
     def after_loss(self):
         if self.training: self._generator_loss()
+    def after_backward(self): self.critic.requires_grad_(True)  # frozen only while the generator's loss flows back
     def after_step(self): self._maybe_critic_step()
     def after_batch(self):
         if self.training: self.n_batches += 1
@@ -103,7 +104,6 @@ class ConditionalGAN(Callback):
 
     def _critic_step(self):
         "One step on (real + fake) / 2; real and fake pass the critic apart (as pix2pix), reduced across ranks once."
-        self.critic.requires_grad_(True)
         with no_sync(self.critic):
             real = critic_loss(self.adv_loss, self._judge(self.yb[0], self.critic), True, self.label_smoothing)
             self.critic_scaler.scale(real / 2).backward()

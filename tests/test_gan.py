@@ -49,17 +49,21 @@ def test_one_epoch_changes_both_nets_and_keeps_the_critic_apart(learn):
         assert math.isfinite(gan.epoch_mean(name)), name
 
 
-def test_requires_grad_is_restored_after_each_step(learn):
+@pytest.mark.parametrize("critic_every", [1, 3])
+def test_requires_grad_is_restored_after_each_step(learn, critic_every):
+    "The critic is frozen while the generator's loss flows back (it gets no gradient), and thawed after."
     gan, seen = learn.conditional_gan, []
-    critic_step = ConditionalGAN._critic_step
+    gan.critic_every = critic_every
+    after_backward = ConditionalGAN.after_backward
 
-    def checked_step(self):
-        seen.append(("before", all(not p.requires_grad for p in self.critic.parameters())))
-        critic_step(self)
-        seen.append(("after", all(p.requires_grad for p in self.critic.parameters())))
-    gan._critic_step = checked_step.__get__(gan)
+    def checked(self):
+        seen.append(all(not p.requires_grad and p.grad is None for p in self.critic.parameters()))
+        after_backward(self)
+        seen.append(all(p.requires_grad for p in self.critic.parameters()))
+    gan.after_backward = checked.__get__(gan)
     learn.fit(1, 1e-3)
-    assert seen and all(ok for _, ok in seen)
+    assert len(seen) == 2 * 2 and all(seen)
+    assert all(p.requires_grad for p in gan.critic.parameters())
 
 
 def test_warmup_trains_the_critic_alone(learn):

@@ -79,13 +79,12 @@ def clear_run(run: Path) -> None:
 def run_fit(learn: Learner, run: Path, recipe: dict, meta: dict, resume: bool, cbs=()) -> Learner:
     "fit_one_cycle with the run's callbacks; on --resume, from the last finished epoch with its history replayed."
     fit = dict(recipe["fit"])
-    n_epoch, start, best = fit.pop("n_epoch"), 0, float("inf")
+    n_epoch, start = fit.pop("n_epoch"), 0
     checkpoint = RunCheckpoint(run, meta)
     cbs = [*cbs, *([CSVLogger("history.csv")] if is_main_process() else []), checkpoint]
     if resume:
         state = load_checkpoint(learn, run)
-        start, best = state["epoch"], state["best"]
-        checkpoint.best = best
+        start, checkpoint.best = state["epoch"], state["best"]
         cbs.append(ReplayHistory(state["history"]))
         for cb in learn.cbs + cbs:
             if hasattr(cb, "load_checkpoint_state"):

@@ -1,4 +1,4 @@
-"Two CPU processes with the gloo backend under torchrun: both stages for real, as several GPUs would run them."
+"Two CPU processes with the gloo backend under torchrun and accelerate launch: both stages for real, as GPUs would."
 import csv
 import os
 import shutil
@@ -11,13 +11,25 @@ import pytest
 HERE = Path(__file__).parent
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
-                    reason="torchrun is not installed")
-def test_two_gloo_ranks_train_both_stages_identically(photo_dir, tmp_path):
-    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+LAUNCHERS = {
+    "torchrun": ["torchrun", "--standalone", "--nproc_per_node", "2"],
+    "accelerate": ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                   "--mixed_precision", "no", "--dynamo_backend", "no"],
+}
+
+
+def _tool(name):
+    return shutil.which(name) or str(Path(sys.executable).parent / name)
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_two_gloo_ranks_train_both_stages_identically(photo_dir, tmp_path, launcher):
+    command = LAUNCHERS[launcher]
+    if not Path(_tool(command[0])).exists():
+        pytest.skip(f"{command[0]} is not installed")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(HERE / "distributed_worker.py"),
-                        str(photo_dir), str(tmp_path)], env=env, capture_output=True, text=True, timeout=900)
+    r = subprocess.run([_tool(command[0]), *command[1:], str(HERE / "distributed_worker.py"), str(photo_dir),
+                        str(tmp_path)], env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     for name in ("generator", "critic"):
         digests = {(tmp_path / f"{name}.rank{k}.sha256").read_text() for k in (0, 1)}

@@ -36,13 +36,18 @@ def _no_none(recipe: dict) -> dict:
     return {s: {k: v for k, v in kv.items() if v is not None} for s, kv in recipe.items()}
 
 
-def save_generator(model: nn.Module, path: str | os.PathLike, meta: dict) -> Path:
-    "Write the artefact atomically: a reader never sees half a file, and a crash leaves the old one in place."
+def _save_state(module: nn.Module, path: str | os.PathLike, header: dict) -> Path:
+    "`header` plus the module's CPU state dict, written atomically: a reader never sees half a file."
     path = Path(path)
-    state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
+    state = {k: v.detach().cpu() for k, v in _unwrap(module).state_dict().items()}
     with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "meta": meta, "state_dict": state}, tmp)
+        torch.save({**header, "state_dict": state}, tmp)
     return path
+
+
+def save_generator(model: nn.Module, path: str | os.PathLike, meta: dict) -> Path:
+    "Write the artefact atomically; a crash leaves the old one in place."
+    return _save_state(model, path, {"format": FORMAT, "format_version": FORMAT_VERSION, "meta": meta})
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -83,11 +88,7 @@ def load_generator(model: str | os.PathLike, device="cpu") -> tuple[nn.Module, d
 
 def save_critic(critic: nn.Module, path: str | os.PathLike, build: dict) -> Path:
     "The critic beside the generator, with the `build_critic` keywords that rebuild it."
-    path = Path(path)
-    state = {k: v.detach().cpu() for k, v in _unwrap(critic).state_dict().items()}
-    with atomic_path(path) as tmp:
-        torch.save({"format": "colorgan-critic", "build": build, "state_dict": state}, tmp)
-    return path
+    return _save_state(critic, path, {"format": "colorgan-critic", "build": build})
 
 
 def load_critic_state(path: str | os.PathLike) -> dict:

@@ -91,16 +91,16 @@ def _cache_stem(files: list[Path], size: int) -> tuple[str, str]:
 
 
 def _decode_all(files: list[Path], size: int, out: np.ndarray, num_workers: int) -> list[str]:
-    statuses = []
+    "Decode every file into its row of `out` (in worker processes when `num_workers` > 1); return the statuses."
     args = ([str(f) for f in files], [size] * len(files))
     if num_workers <= 1:
-        results = map(decode_photo, *args)
-        return _collect(results, out, statuses)
+        return _collect(map(decode_photo, *args), out)
     with ProcessPoolExecutor(num_workers) as pool:
-        return _collect(pool.map(decode_photo, *args, chunksize=16), out, statuses)
+        return _collect(pool.map(decode_photo, *args, chunksize=16), out)
 
 
-def _collect(results, out: np.ndarray, statuses: list[str]) -> list[str]:
+def _collect(results, out: np.ndarray) -> list[str]:
+    statuses = []
     for i, (status, arr) in enumerate(results):
         statuses.append(status)
         if arr is not None:

@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from fastai.callback.core import Callback
-from fastai.torch_core import rank_distrib
 from fastcore.foundation import L
 
 from .artifacts import _unwrap, save_generator
+from .distributed import is_main_process
 from .show import sample_grid
 from .utils import ColorganError, atomic_path
 
@@ -45,13 +45,13 @@ class RunCheckpoint(Callback):
     def after_cancel_epoch(self): self.skipped = True
 
     def after_epoch(self):
-        if self.skipped or rank_distrib() != 0:
+        if self.skipped or not is_main_process():
             return
-        self._save_last()
         valid_loss = self.recorder.final_record[1] if len(self.recorder.final_record) > 1 else None
         if valid_loss is not None and valid_loss < self.best:
             self.best = valid_loss
             save_generator(self.model, self.run / BEST, self.meta)
+        self._save_last()  # after `best` is updated, so a resumed run compares with this epoch too
         self._save_samples()
 
     def _save_last(self):

@@ -54,6 +54,7 @@ def test_resume_continues_from_the_saved_epoch(photo_dir, tmp_path, monkeypatch)
     first = _read_history(run)
     saved = torch.load(run / "checkpoints/last.pth", weights_only=True)
     assert len(first) == 1 and saved["epoch"] == 1 and not (run / "generator.pth").exists()
+    assert saved["best"] == pytest.approx(float(first[0]["valid_loss"]))  # the checkpoint knows this epoch's score
 
     seen = []
     monkeypatch.setattr(RunCheckpoint, "before_fit", lambda self: seen.append(

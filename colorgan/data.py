@@ -43,13 +43,17 @@ def random_resized_crop(rgb: torch.Tensor, min_scale: float = 0.35, ratio=(3 / 4
 
 
 class CachedPhotos:
-    "uint8 photos (N,S,S,3), usually a memory map of the cache; `new_empty` lets fastai export a Learner."
-    def __init__(self, pixels: np.ndarray): self.pixels = pixels
-    def __len__(self): return len(self.pixels)
-    def __getitem__(self, idx): return self.pixels[idx]
-    def __array__(self, dtype=None, copy=None): return np.asarray(self.pixels, dtype=dtype)
+    """The usable rows `index` of uint8 photos (N,S,S,3), usually the cache's memory map, which stays on disk
+    (selecting rows never copies the cache into memory); `new_empty` lets fastai export a Learner."""
+    def __init__(self, pixels: np.ndarray, index: np.ndarray | None = None):
+        self.pixels = pixels
+        self.index = np.arange(len(pixels)) if index is None else np.asarray(index)
+
+    def __len__(self): return len(self.index)
+    def __getitem__(self, i): return self.pixels[np.sort(self.index[i])]  # sorted: sequential reads
+    def __array__(self, dtype=None, copy=None): return np.asarray(self.pixels[self.index], dtype=dtype)
     @property
-    def shape(self): return self.pixels.shape
+    def shape(self): return (len(self.index), *self.pixels.shape[1:])
     def new_empty(self): return CachedPhotos(np.zeros((0, *self.pixels.shape[1:]), dtype=np.uint8))
 
 
@@ -66,7 +70,7 @@ class LabDataLoader(DataLoader):
     def create_item(self, s): return s
     def create_batch(self, idxs):
         "uint8 photos gathered from the cache; to a GPU through pinned memory, without waiting for the copy."
-        b = torch.from_numpy(np.ascontiguousarray(self.dataset[np.sort(idxs)]))
+        b = torch.from_numpy(np.ascontiguousarray(self.dataset[np.asarray(idxs)]))
         if self.device is not None and torch.device(self.device).type == "cuda":
             b = b.pin_memory().to(self.device, non_blocking=True)
         return b
@@ -107,11 +111,11 @@ def split_photos(path: Path, valid_pct: float, seed: int) -> tuple[list[Path], l
     return [files[i] for i in sorted(order[n_valid:])], [files[i] for i in sorted(order[:n_valid])]
 
 
-def _usable(photos: PhotoSet, keep_gray: bool, what: str, path: Path) -> np.ndarray:
+def _usable(photos: PhotoSet, keep_gray: bool, what: str, path: Path) -> CachedPhotos:
     idx = photos.usable(keep_gray)
     if len(idx) == 0:
         raise ColorganError(f"no usable {what} photos in {path}: {len(photos.files)} found, none readable in colour")
-    return photos.pixels if len(idx) == len(photos.files) else photos.pixels[idx]
+    return CachedPhotos(photos.pixels, idx)
 
 
 def photo_dls(path: str | os.PathLike, size: int = 256, bs: int = 16, valid_pct: float = 0.1, seed: int = 42,
@@ -128,7 +132,6 @@ def photo_dls(path: str | os.PathLike, size: int = 256, bs: int = 16, valid_pct:
         raise ColorganError(f"{path} has {len(train)} usable training photo; BatchNorm needs batches of 2 or more")
     log.info(f"{len(train)} training and {len(valid)} validation photos at {size} px")
     device = default_device() if device is None else device
-    train, valid = CachedPhotos(train), CachedPhotos(valid)
     train_dl = LabDataLoader(train, bs=min(bs, len(train)), shuffle=True, drop_last=True, augment=augment,
                              min_scale=min_scale, device=device)
     valid_dl = LabDataLoader(valid, bs=bs, shuffle=False, device=device)

@@ -51,6 +51,7 @@ def test_dataloaders_from_a_folder_with_every_bad_kind(mixed_dir, caplog):
     assert "left out 3 gray photo(s)" in text
     n_good = len(dls.train.dataset) + len(dls.valid.dataset)
     assert n_good == 6 + 5  # good photos plus CMYK, palette, alpha, tiny, rotated
+    assert isinstance(dls.train.dataset.pixels, np.memmap)  # skipping bad rows did not load the cache into memory
     l, ab = dls.one_batch()
     assert l.shape == (4, 1, 32, 32) and ab.shape == (4, 2, 32, 32)
     assert l.dtype == ab.dtype == torch.float32

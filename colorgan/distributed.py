@@ -50,7 +50,7 @@ class _Trainer(DistributedTrainer):
 
 
 def init_distributed() -> None:
-    "Join the process group that torchrun or accelerate launch describe in the environment (once; CUDA: this rank's GPU)."
+    "Join the process group that torchrun or accelerate launch describe (once; on CUDA, this rank's GPU)."
     if is_distributed() and not dist.is_initialized():
         from accelerate import PartialState
         PartialState(cpu=not torch.cuda.is_available())  # CPU processes: the gloo backend

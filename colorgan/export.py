@@ -54,7 +54,7 @@ def export_onnx(model: str | os.PathLike, onnx_path: str | os.PathLike, opset: i
     with atomic_path(onnx_path) as tmp:
         torch.onnx.export(module, (torch.rand(1, 1, size, size) * 100,), str(tmp), dynamo=False, opset_version=opset,
                           input_names=["L"], output_names=["ab"],
-                          dynamic_axes={"L": {0: "n", 2: "height", 3: "width"}, "ab": {0: "n", 2: "height", 3: "width"}})
+                          dynamic_axes={name: {0: "n", 2: "height", 3: "width"} for name in ("L", "ab")})
     if not check:
         return None
     diffs = check_onnx(onnx_path, module, [(1, 1, size, size), (2, 1, size + STRIDE, 2 * size)])

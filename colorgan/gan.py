@@ -14,7 +14,7 @@ from torch import nn
 
 from .artifacts import _unwrap
 from .distributed import all_reduce_sum, no_sync, sync_buffers, wrap_ddp
-from .learner import compile_model, pretrain_learner
+from .learner import compile_model, on_gpu, pretrain_learner
 from .losses import ADV_LOSSES, critic_loss, generator_loss
 from .models import build_critic
 
@@ -67,20 +67,20 @@ class ConditionalGAN(Callback):
     # -- the two nets' losses --------------------------------------------------------------------------------
     def _setup(self):
         "Critic on the data's device (channels_last on a GPU) and its own Adam, made once, kept across fits."
-        device = self.dls.device if self.dls.device is not None else torch.device("cpu")
-        fmt = torch.channels_last if torch.device(device).type == "cuda" else torch.preserve_format
-        self.critic = wrap_ddp(self.critic.to(device, memory_format=fmt))
-        if self.critic_opt is None:
-            fused = torch.device(device).type == "cuda"  # one kernel for all of the critic's parameters
+        gpu = on_gpu(self.dls)
+        self.device_type = "cuda" if gpu else "cpu"
+        fmt = torch.channels_last if gpu else torch.preserve_format
+        self.critic = wrap_ddp(self.critic.to(self.dls.device or "cpu", memory_format=fmt))
+        if self.critic_opt is None:  # fused on a GPU: one kernel for all of the critic's parameters
             self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=self.critic_lr, betas=self.betas,
-                                               fused=fused or None)
+                                               fused=gpu or None)
         mp = getattr(self.learn, "mixed_precision", None)
         self.amp_dtype = None if mp is None else (torch.bfloat16 if str(mp.amp_mode) == "bf16" else torch.float16)
-        self.critic_scaler = torch.amp.GradScaler(torch.device(device).type, enabled=self.amp_dtype == torch.float16)
+        self.critic_scaler = torch.amp.GradScaler(self.device_type, enabled=self.amp_dtype == torch.float16)
 
     def _autocast(self):
-        kind = torch.device(self.dls.device or "cpu").type
-        return torch.autocast(kind, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
+        dtype = self.amp_dtype or torch.float32
+        return torch.autocast(self.device_type, dtype=dtype, enabled=self.amp_dtype is not None)
 
     def _judge(self, ab: torch.Tensor, critic: nn.Module) -> torch.Tensor:
         "The critic's patch logits for (L, ab): it always sees the condition."
@@ -147,8 +147,9 @@ def gan_learner(dls, generator: nn.Module, critic: nn.Module | None = None, wd: 
     `freeze_encoder` keeps the generator's pretrained encoder fixed during this stage; `compile` compiles both nets."""
     learn = pretrain_learner(dls, model=generator, wd=wd, precision=precision, fused_adam=fused_adam,
                              compile=compile, path=path, cbs=cbs)
-    critic = critic if critic is not None else build_critic()
-    gan = ConditionalGAN(compile_model(critic) if compile else critic, **gan_kwargs)
+    gan = ConditionalGAN(critic, **gan_kwargs)
+    if compile:
+        compile_model(gan.critic)
     learn.add_cb(gan)
     learn.metrics = [*gan.metrics(), *learn.metrics]
     if freeze_encoder:

@@ -1,4 +1,5 @@
-"""`colorgan serve`: a web page and an HTTP API that colorize photos (FastAPI on uvicorn; `pip install colorgan[serve]`).
+"""`colorgan serve`: a web page and an HTTP API that colorize photos (FastAPI on uvicorn;
+`pip install colorgan[serve]`).
 
 GET / is a self-contained page (nothing loaded from the internet); POST /colorize returns the photo colorized at
 full resolution as PNG; POST /check says whether an image is grayscale; GET /health; OpenAPI at /openapi.json.

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from fastai.callback.progress import CSVLogger
 from fastai.learner import Learner
-
-from . import learner as _patched  # noqa: F401  (fit_one_cycle is patched onto Learner there)
 from fastai.torch_core import set_seed
 
-from .artifacts import ARTIFACT_NAME, CRITIC_NAME, generator_meta, load_generator, resolve_artifact, save_critic, save_generator
+from . import learner as _patched  # noqa: F401  (fit_one_cycle is patched onto Learner there)
+from .artifacts import (ARTIFACT_NAME, CRITIC_NAME, generator_meta, load_generator, resolve_artifact, save_critic,
+                        save_generator)
 from .callbacks import LAST, ReplayHistory, RunCheckpoint, load_checkpoint
 from .data import photo_dls
 from .distributed import barrier, distributed, init_distributed, is_main_process, main_process_first
@@ -98,24 +98,37 @@ def run_fit(learn: Learner, run: Path, recipe: dict, meta: dict, resume: bool, c
     return learn
 
 
+def _start(run: Path, data, recipe, overrides, schema: dict, resume: bool, overwrite: bool):
+    "What both stages do first: join the process group, resolve the recipe, seed, and load the photos."
+    init_distributed()
+    recipe = prepare_run(run, recipe, overrides, schema, resume, overwrite)
+    set_seed(recipe["data"]["seed"])
+    with main_process_first():
+        dls = photo_dls(data, **recipe["data"])
+    return recipe, dls
+
+
+def _finish(learn: Learner, run: Path, meta: dict, critic=None, critic_build: dict | None = None) -> Learner:
+    "Rank 0 writes the artefact (and the critic beside it); the other ranks return once it is there."
+    if is_main_process():
+        save_generator(learn.model, run / ARTIFACT_NAME, meta)
+        if critic is not None:
+            save_critic(critic, run / CRITIC_NAME, critic_build)
+        log.info(f"wrote {run / ARTIFACT_NAME}" + (f" and {run / CRITIC_NAME}" if critic is not None else ""))
+    barrier()
+    return learn
+
+
 def pretrain(data: str | os.PathLike, out: str | os.PathLike, recipe=None, overrides=(), resume: bool = False,
              overwrite: bool = False) -> Learner:
     """Stage one: train the generator on L1 with `fit_one_cycle` as the recipe says, writing the run folder
     (generator.pth, recipe.resolved.toml, history.csv, samples/, checkpoints/). Returns the Learner."""
     run = Path(out)
-    init_distributed()
-    recipe = prepare_run(run, recipe, overrides, PRETRAIN_SCHEMA, resume, overwrite)
-    set_seed(recipe["data"]["seed"])
-    with main_process_first():
-        dls = photo_dls(data, **recipe["data"])
+    recipe, dls = _start(run, data, recipe, overrides, PRETRAIN_SCHEMA, resume, overwrite)
     learn = pretrain_learner(dls, path=run, **recipe["learner"], **recipe["model"])
     meta = generator_meta(recipe["model"], dls.train.size, "pretrain", recipe)
     run_fit(learn, run, recipe, meta, resume)
-    if is_main_process():
-        save_generator(learn.model, run / ARTIFACT_NAME, meta)
-        log.info(f"wrote {run / ARTIFACT_NAME}")
-    barrier()  # the other ranks return once the artefact is there for the next stage
-    return learn
+    return _finish(learn, run, meta)
 
 
 def gan_finetune(data: str | os.PathLike, generator: str | os.PathLike, out: str | os.PathLike, recipe=None,
@@ -124,19 +137,10 @@ def gan_finetune(data: str | os.PathLike, generator: str | os.PathLike, out: str
     PatchGAN, as the recipe says. Writes the same kind of run folder as `pretrain`, with critic.pth beside the
     generator artefact, and returns the Learner (its model is the generator)."""
     run, generator = Path(out), resolve_artifact(generator)  # a wrong path fails before anything else
-    init_distributed()
-    recipe = prepare_run(run, recipe, overrides, GAN_SCHEMA, resume, overwrite)
-    set_seed(recipe["data"]["seed"])
+    recipe, dls = _start(run, data, recipe, overrides, GAN_SCHEMA, resume, overwrite)
     net, source = load_generator(generator)
-    with main_process_first():
-        dls = photo_dls(data, **recipe["data"])
     critic = build_critic(**recipe["critic"])
     learn = gan_learner(dls, net.train(), critic, path=run, **recipe["learner"], **recipe["gan"])
     meta = generator_meta(source["build"], dls.train.size, "gan", recipe)
     run_fit(learn, run, recipe, meta, resume)
-    if is_main_process():
-        save_generator(learn.model, run / ARTIFACT_NAME, meta)
-        save_critic(critic, run / CRITIC_NAME, recipe["critic"])
-        log.info(f"wrote {run / ARTIFACT_NAME} and {run / CRITIC_NAME}")
-    barrier()
-    return learn
+    return _finish(learn, run, meta, critic, recipe["critic"])

@@ -1,4 +1,5 @@
-"""Callbacks that make a fit a resumable run: checkpoints, sample grids, and a faithful history after --resume."""
+"""Callbacks that make a fit a resumable run: checkpoints kept by a stated rule, sample grids, an exponential moving
+average of the generator, and a faithful history after --resume."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,9 +12,10 @@ from fastcore.foundation import L
 from .artifacts import _unwrap, save_generator
 from .distributed import is_main_process
 from .show import sample_grid
-from .utils import ColorganError, atomic_path
+from .utils import ColorganError, atomic_path, log
 
-__all__ = ["RunCheckpoint", "ReplayHistory", "load_checkpoint", "LAST", "BEST"]
+__all__ = ["RunCheckpoint", "ReplayHistory", "GeneratorEMA", "LowestLoss", "ColourRule", "load_checkpoint",
+           "LAST", "BEST"]
 
 LAST, BEST = Path("checkpoints/last.pth"), Path("checkpoints/best.pth")
 
@@ -31,14 +33,47 @@ def _plain(obj):
     return obj
 
 
+class LowestLoss:
+    "Stage one's rule for `best`: the lowest validation L1."
+    def judge(self, record: dict) -> tuple[float | None, str]:
+        loss = record.get("valid_loss")
+        return loss, f"valid_loss {loss:.4f}" if loss is not None else "no validation loss"
+
+
+class ColourRule:
+    """Stage two's rule for `best`: among the generators whose validation PSNR is within `max_psnr_drop` dB of the
+    generator the stage started from (`start`, a validation record) and whose false-colour area is at most
+    `max_false_color`, the one whose colourfulness is closest to the real photos' (smallest delta-colourfulness)."""
+    def __init__(self, start: dict, max_psnr_drop: float = 0.5, max_false_color: float = 0.02):
+        self.start, self.max_psnr_drop, self.max_false_color = dict(start), max_psnr_drop, max_false_color
+
+    def judge(self, record: dict) -> tuple[float | None, str]:
+        psnr, floor, fc = record["psnr"], self.start["psnr"] - self.max_psnr_drop, record["false_color"]
+        delta_cf = abs(record["colorfulness_real"] - record["colorfulness"])
+        facts = f"delta-colourfulness {delta_cf:.2f}, PSNR {psnr:.2f} dB, false colour {fc:.2%}"
+        if not psnr >= floor:  # `not >=`: a NaN PSNR is never eligible
+            return None, f"{facts}: PSNR below the floor {floor:.2f} dB (start {self.start['psnr']:.2f} - " \
+                         f"{self.max_psnr_drop})"
+        if not fc <= self.max_false_color:
+            return None, f"{facts}: false colour above {self.max_false_color:.0%}"
+        return delta_cf, facts
+
+
+def epoch_record(recorder) -> dict:
+    "The epoch's numbers by name: train_loss, valid_loss and every metric."
+    return dict(zip(recorder.metric_names[1:], recorder.final_record))
+
+
 class RunCheckpoint(Callback):
     """After each finished epoch, on rank 0 only: the resume state (`checkpoints/last.pth`: model, optimizer,
-    history, and whatever other callbacks add through `checkpoint_state`), the generator artefact with the best
-    validation loss so far (`checkpoints/best.pth`) and a sample grid (`samples/epoch_NNN.png`), all atomic."""
+    history, and whatever other callbacks add through `checkpoint_state`), the generator that `rule` (lowest
+    validation loss unless told) likes best so far (`checkpoints/best.pth`, with the reason logged) and a sample
+    grid (`samples/epoch_NNN.png`), all atomic."""
     order = 65  # after the Recorder has the epoch's numbers
 
-    def __init__(self, run: str | Path, meta: dict, best: float = float("inf"), n_samples: int = 8):
+    def __init__(self, run: str | Path, meta: dict, best: float = float("inf"), n_samples: int = 8, rule=None):
         self.run, self.meta, self.best, self.n_samples = Path(run), meta, best, n_samples
+        self.rule = rule or LowestLoss()
 
     def before_fit(self): self.sample = None
     def before_epoch(self): self.skipped = False
@@ -47,10 +82,13 @@ class RunCheckpoint(Callback):
     def after_epoch(self):
         if self.skipped or not is_main_process():
             return
-        valid_loss = self.recorder.final_record[1] if len(self.recorder.final_record) > 1 else None
-        if valid_loss is not None and valid_loss < self.best:
-            self.best = valid_loss
+        score, why = self.rule.judge(epoch_record(self.recorder))
+        if score is not None and score < self.best:
+            self.best = score
             save_generator(self.model, self.run / BEST, self.meta)
+            log.info(f"epoch {self.epoch + 1}: kept as {BEST} ({why})")
+        elif not isinstance(self.rule, LowestLoss):
+            log.info(f"epoch {self.epoch + 1}: not kept ({why}{'' if score is None else '; best so far is closer'})")
         self._save_last()  # after `best` is updated, so a resumed run compares with this epoch too
         self._save_samples()
 
@@ -78,6 +116,63 @@ class RunCheckpoint(Callback):
             sample_grid(l, pred, ab).save(tmp, format="PNG")
 
 
+class GeneratorEMA(Callback):
+    """An exponential moving average of the generator's weights (`decay` per optimizer step, with the usual
+    warm-up `min(decay, (1 + n) / (10 + n))` so a short run is not dominated by its start). The averaged weights
+    are swapped in for validation and stay in through `after_epoch`, so metrics, sample grids and checkpoints all
+    see them, and they are what the model holds after the fit. Steps aside under `lr_find`."""
+    order = 64  # swaps in before RunCheckpoint (65) reads the model
+
+    def __init__(self, decay: float = 0.995):
+        self.decay, self.shadow, self.raw, self.n_updates = decay, None, None, 0
+
+    def before_fit(self):
+        self.run = not hasattr(self.learn, "lr_finder") and not hasattr(self.learn, "gather_preds")
+        if self.run and self.shadow is None:
+            self.shadow = [t.detach().clone() for t in self._tensors()]
+
+    def _tensors(self) -> list[torch.Tensor]: return list(_unwrap(self.model).state_dict().values())
+
+    @torch.no_grad()
+    def after_step(self):
+        self.n_updates += 1
+        decay = min(self.decay, (1 + self.n_updates) / (10 + self.n_updates))
+        floats = [(s, t) for s, t in zip(self.shadow, self._tensors()) if t.is_floating_point()]
+        torch._foreach_lerp_([s for s, _ in floats], [t for _, t in floats], 1 - decay)
+        for s, t in zip(self.shadow, self._tensors()):
+            if not t.is_floating_point():
+                s.copy_(t)  # BatchNorm's batch counters follow the live model
+
+    def before_validate(self): self._swap_in()
+    def before_train(self): self._swap_out()
+    def after_fit(self): self.raw = None  # the averaged weights stay: they are the result
+
+    @torch.no_grad()
+    def _swap_in(self):
+        if self.raw is None:
+            self.raw = [t.detach().clone() for t in self._tensors()]
+            torch._foreach_copy_(self._tensors(), self.shadow)
+
+    @torch.no_grad()
+    def _swap_out(self):
+        if self.raw is not None:
+            torch._foreach_copy_(self._tensors(), self.raw)
+            self.raw = None
+
+    def checkpoint_state(self) -> dict:
+        raw = self.raw if self.raw is not None else self._tensors()
+        return {"ema": [t.cpu() for t in self.shadow], "ema_raw": [t.cpu() for t in raw], "ema_updates": self.n_updates}
+
+    @torch.no_grad()
+    def load_checkpoint_state(self, state: dict):
+        "The checkpoint's model holds the averaged weights (saved after validation): put the raw ones back."
+        if "ema" not in state:
+            return
+        self.shadow = [s.to(t.device) for s, t in zip(state["ema"], self._tensors())]
+        torch._foreach_copy_(self._tensors(), [r.to(t.device) for r, t in zip(state["ema_raw"], self._tensors())])
+        self.raw, self.n_updates = None, state["ema_updates"]
+
+
 class ReplayHistory(Callback):
     """With `fit(..., start_epoch=k)` fastai skips epochs below k; this fills their rows in the Recorder (and so
     in CSVLogger's history.csv and the progress table) with the numbers the interrupted run logged."""
@@ -93,7 +188,13 @@ def load_checkpoint(learn, run: str | Path) -> dict:
     if not path.is_file():
         raise ColorganError(f"nothing to resume in {run}: {LAST} does not exist (the run never finished an epoch)")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    _unwrap(learn.model).load_state_dict(state["model"])
+    model = _unwrap(learn.model)
+    model.load_state_dict(state["model"])
+    model.to(learn.dls.device)  # first: torch puts optimizer state on its parameters' device as it loads it
     learn.create_opt()
-    learn.opt.load_state_dict(state["opt"])
+    try:
+        learn.opt.load_state_dict(state["opt"])
+    except (ValueError, KeyError) as e:
+        raise ColorganError(f"{path} holds optimizer state of another kind (written by an older colorgan?): "
+                            f"start the run again with --overwrite ({e})") from e
     return state

@@ -120,6 +120,19 @@ def serve(model, host, port, render_size, max_mb, device):
     run(model, host, port, render_size, int(max_mb * 2 ** 20), device)
 
 
+@main.command()
+@click.option("--device", help="Show the policy for this device (default: the GPU when there is one).")
+def env(device):
+    "Print versions, the devices torch sees and the device policy a run would pick: paste it into bug reports."
+    from .device import environment
+    info = environment(device)
+    for name, value in info["versions"].items():
+        click.echo(f"{name:<12} {value}")
+    for d in info["devices"]:
+        click.echo(f"{d['device']:<12} " + ", ".join(f"{k} {v}" for k, v in d.items() if k != "device"))
+    click.echo("policy       " + ", ".join(f"{k} {v}" for k, v in info["policy"].items()))
+
+
 @main.command("sample-photos")
 @click.argument("folder", type=click.Path(file_okay=False))
 def sample_photos(folder):

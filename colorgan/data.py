@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
-from fastai.torch_core import default_device
 
 from .color import lab_to_model, rgb_to_lab
+from .device import resolve_device
+from .metrics import colorfulness
 from .photos import PhotoSet, find_photos, load_photos, report
 from .show import show_columns
 from .utils import ColorganError, log
@@ -60,12 +61,26 @@ class CachedPhotos:
 class LabDataLoader(DataLoader):
     "Batches of cached uint8 photos -> (L, ab) on `device`, augmented there when `augment`."
     def __init__(self, dataset: CachedPhotos, bs: int = 16, shuffle: bool = False, augment: bool = False,
-                 min_scale: float = 0.35, **kwargs):
+                 min_scale: float = 0.35, epoch_batches: int | None = None, **kwargs):
         super().__init__(dataset, bs=bs, shuffle=shuffle, **kwargs)
-        self.augment, self.min_scale = augment, min_scale
+        self.augment, self.min_scale, self.epoch_batches, self._queue = augment, min_scale, epoch_batches, []
 
     @property
     def size(self) -> int: return self.dataset.shape[1]
+
+    def __len__(self):
+        return super().__len__() if not self.epoch_batches else self.epoch_batches
+
+    def get_idxs(self):
+        """With `epoch_batches`, an epoch is that many batches, drawn from a shuffled queue of all photos that the
+        next epoch continues: every photo is seen once before any is seen twice, however short the epochs."""
+        if not self.epoch_batches:
+            return super().get_idxs()
+        need = self.epoch_batches * self.bs
+        while len(self._queue) < need:
+            self._queue += list(self.shuffle_fn(list(range(self.n))))
+        idxs, self._queue = self._queue[:need], self._queue[need:]
+        return idxs
 
     def create_item(self, s): return s
     def create_batch(self, idxs):
@@ -85,7 +100,7 @@ class LabDataLoader(DataLoader):
         return l, ab
 
     def new(self, dataset=None, cls=None, **kwargs):
-        kwargs = {"augment": self.augment, "min_scale": self.min_scale, **kwargs}
+        kwargs = {"augment": self.augment, "min_scale": self.min_scale, "epoch_batches": self.epoch_batches, **kwargs}
         return super().new(dataset=dataset, cls=cls, **kwargs)
 
     def show_batch(self, b=None, max_n: int = 9, ctxs=None, show: bool = True, **kwargs):
@@ -118,21 +133,42 @@ def _usable(photos: PhotoSet, keep_gray: bool, what: str, path: Path) -> CachedP
     return CachedPhotos(photos.pixels, idx)
 
 
+def photo_colorfulness(photos: CachedPhotos, chunk: int = 256) -> np.ndarray:
+    "Hasler and Suesstrunk's M3 (0-255 scale) of every photo, computed from the cache in chunks."
+    out = [colorfulness(torch.from_numpy(np.ascontiguousarray(photos[np.arange(i, min(i + chunk, len(photos)))]))
+                        .permute(0, 3, 1, 2).float().div_(255)) for i in range(0, len(photos), chunk)]
+    return torch.cat(out).numpy()
+
+
+def _colourful_enough(photos: CachedPhotos, min_colorfulness: float) -> CachedPhotos:
+    "Leave out dull photos (sepia, near-gray, washed out), as DDColor does: they teach the generator to be dull."
+    if min_colorfulness <= 0:
+        return photos
+    keep = photo_colorfulness(photos) >= min_colorfulness
+    log.info(f"left out {int((~keep).sum())} of {len(photos)} training photos with colourfulness below "
+             f"{min_colorfulness:g} (data.min_colorfulness)")
+    return CachedPhotos(photos.pixels, photos.index[keep])
+
+
 def photo_dls(path: str | os.PathLike, size: int = 256, bs: int = 16, valid_pct: float = 0.1, seed: int = 42,
               keep_gray: bool = False, augment: bool = True, min_scale: float = 0.35,
-              cache_dir: str | None = None, num_workers: int | None = None, device=None) -> DataLoaders:
+              min_colorfulness: float = 0.0, epoch_batches: int | None = None, cache_dir: str | None = None,
+              num_workers: int | None = None, device=None) -> DataLoaders:
     """A folder of photos -> DataLoaders of (L, ab) batches at `size` px (L (N,1,S,S) and ab (N,2,S,S), both
-    scaled to about [-1, 1]). Unreadable files are skipped and gray ones left out, each with a summary line."""
+    scaled to about [-1, 1]). Unreadable files are skipped and gray ones left out, each with a summary line;
+    `min_colorfulness` also leaves out dull training photos. `epoch_batches` makes an epoch that many batches
+    (validation, checkpoints and sample grids come that often) while every photo is still seen in turn."""
     path = Path(path)
     train_files, valid_files = split_photos(path, valid_pct, seed)
     sets = [load_photos(files, size, cache_dir, num_workers) for files in (train_files, valid_files)]
     report(sets, keep_gray)
     train, valid = (_usable(s, keep_gray, what, path) for s, what in zip(sets, ("training", "validation")))
+    train = _colourful_enough(train, min_colorfulness)
     if len(train) < 2:
         raise ColorganError(f"{path} has {len(train)} usable training photo; BatchNorm needs batches of 2 or more")
     log.info(f"{len(train)} training and {len(valid)} validation photos at {size} px")
-    device = default_device() if device is None else device
+    device = resolve_device(device)
     train_dl = LabDataLoader(train, bs=min(bs, len(train)), shuffle=True, drop_last=True, augment=augment,
-                             min_scale=min_scale, device=device)
+                             min_scale=min_scale, epoch_batches=epoch_batches, device=device)
     valid_dl = LabDataLoader(valid, bs=bs, shuffle=False, device=device)
     return DataLoaders(train_dl, valid_dl, path=path, device=device)

@@ -83,7 +83,9 @@ def distributed(learn):
     if not is_distributed():
         yield learn
         return
-    learn.add_cb(_Trainer(sync_bn=_sync_bn_here(), cpu=not torch.cuda.is_available()))
+    # mixed_precision="no": colorgan's device policy decides the precision; accelerate's own (`accelerate launch
+    # --mixed_precision`, or its config file) would otherwise wrap the generator in a second autocast
+    learn.add_cb(_Trainer(sync_bn=_sync_bn_here(), cpu=not torch.cuda.is_available(), mixed_precision="no"))
     if not is_main_process():
         learn.remove_cb(ProgressCallback)
     try:

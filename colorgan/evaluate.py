@@ -16,7 +16,7 @@ import torch
 
 from .color import norm_l, rgb_to_lab
 from .inference import Colorizer
-from .metrics import ciede2000, colorfulness, psnr, ssim
+from .metrics import FALSE_COLOR_CHROMA, ciede2000, colorfulness, false_color, lightness_drift, psnr, ssim
 from .photos import find_photos, load_photos, report
 from .show import grid_image, gray_rgb
 from .utils import ColorganError, atomic_path, log
@@ -27,15 +27,18 @@ PROTOCOL = ("short side resized to {size} px and centre-cropped to {size}x{size}
             "size {render} and saved as 8-bit RGB; PSNR and SSIM on RGB in [0,1] (data range 1, SSIM with a "
             "Gaussian window sigma 1.5 as Wang et al.), mean CIEDE2000 over pixels, colourfulness M3 of Hasler and "
             "Suesstrunk (absolute opponent channels, 0-255 scale); delta_cf = |mean colourfulness of originals - "
-            "mean colourfulness of predictions|")
-METRICS = ("psnr", "ssim", "ciede2000", "colorfulness")
+            "mean colourfulness of predictions|; false_color = share of pixels whose CIELAB chroma exceeds the original's "
+            "by more than {excess:g}; lightness_drift = mean |L(prediction) - L(original)| in CIELAB units")
+METRICS = ("psnr", "ssim", "ciede2000", "colorfulness", "false_color", "lightness_drift")
 
 
 def score(pred: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
     "Per-image metrics of RGB batches (N,3,H,W) in [0,1]."
+    pred_lab, real_lab = rgb_to_lab(pred), rgb_to_lab(real)
     return {"psnr": psnr(pred, real).clamp(max=100), "ssim": ssim(pred, real),
-            "ciede2000": ciede2000(rgb_to_lab(pred), rgb_to_lab(real)).flatten(1).mean(1),
-            "colorfulness": colorfulness(pred), "colorfulness_real": colorfulness(real)}
+            "ciede2000": ciede2000(pred_lab, real_lab).flatten(1).mean(1),
+            "colorfulness": colorfulness(pred), "false_color": false_color(pred_lab, real_lab),
+            "lightness_drift": lightness_drift(pred_lab, real_lab), "colorfulness_real": colorfulness(real)}
 
 
 def _colorize_batch(colorizer: Colorizer | None, real: torch.Tensor) -> torch.Tensor:
@@ -85,7 +88,7 @@ def evaluate(model: str | os.PathLike | None, data: str | os.PathLike, out: str 
             grid = grid_image([preds.get("gray", gray_rgb(norm_l(rgb_to_lab(real)[:, :1]))),
                                *[p for n, p in preds.items() if n != "gray"], real])
     render = colorizer.render_size if colorizer else "-"
-    result = {"protocol": PROTOCOL.format(size=size, render=render), "data": str(data), "n_images": len(idx),
+    result = {"protocol": PROTOCOL.format(size=size, render=render, excess=FALSE_COLOR_CHROMA), "data": str(data), "n_images": len(idx),
               "model": str(model) if model is not None else None,
               "results": {name: _summary(r) for name, r in rows.items()}}
     _write(Path(out), result, rows, grid)

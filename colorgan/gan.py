@@ -6,6 +6,8 @@ and `predict`, `save` and `export` work unchanged. The callback owns the critic 
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 from fastai.callback.core import CancelBatchException, Callback
 from fastai.callback.fp16 import MixedPrecision
@@ -13,12 +15,13 @@ from fastai.learner import Learner, Metric
 from torch import nn
 
 from .artifacts import _unwrap
+from .callbacks import GeneratorEMA
 from .distributed import all_reduce_sum, no_sync, sync_buffers, wrap_ddp
-from .learner import compile_model, on_gpu, pretrain_learner
+from .learner import compile_model, pretrain_learner
 from .losses import ADV_LOSSES, critic_loss, generator_loss
 from .models import build_critic
 
-__all__ = ["ConditionalGAN", "gan_learner", "GAN_LOG"]
+__all__ = ["ConditionalGAN", "gan_learner", "fit_gan", "GAN_LOG"]
 
 GAN_LOG = ("loss_D_real", "loss_D_fake", "loss_G_GAN", "loss_G_L1")
 
@@ -39,7 +42,7 @@ class ConditionalGAN(Callback):
     after the generator's step the critic steps on (L, pred.detach()) against (L, ab) with its own optimizer.
     `warmup` batches train the critic alone first; the critic steps `critic_steps` times every `critic_every`
     batches; `label_smoothing` lowers the real target; `adv_loss` is 'vanilla' (pix2pix), 'lsgan' or 'hinge'."""
-    order = MixedPrecision.order + 1  # after MixedPrecision has closed the generator's autocast
+    order = MixedPrecision.order + 1  # after (Device)MixedPrecision has closed the generator's autocast
 
     def __init__(self, critic: nn.Module | None = None, adv_loss: str = "vanilla", lambda_l1: float = 100.0,
                  critic_lr: float = 2e-4, betas: tuple = (0.5, 0.999), warmup: int = 0, critic_steps: int = 1,
@@ -49,13 +52,21 @@ class ConditionalGAN(Callback):
         self.critic = critic if critic is not None else build_critic()
         self.adv_loss, self.lambda_l1, self.critic_lr, self.betas = adv_loss, lambda_l1, critic_lr, tuple(betas)
         self.warmup, self.critic_steps, self.critic_every = warmup, critic_steps, critic_every
-        self.label_smoothing, self.critic_opt, self.n_batches = label_smoothing, None, 0
+        self.label_smoothing, self.critic_opt, self.critic_scaler, self.n_batches = label_smoothing, None, None, 0
         self.sums = dict.fromkeys(GAN_LOG, 0.0)
         self.counts = dict.fromkeys(GAN_LOG, 0)
 
     # -- fastai events ---------------------------------------------------------------------------------------
-    def before_fit(self): self._setup()
-    def after_fit(self): self.critic = _unwrap(self.critic)
+    def before_fit(self):
+        self._setup()
+        self.probing = hasattr(self.learn, "lr_finder")  # lr_find must leave the critic as it found it
+        self._saved = copy.deepcopy(self.checkpoint_state()) if self.probing else None
+
+    def after_fit(self):
+        self.critic = _unwrap(self.critic)
+        if self._saved is not None:
+            self.load_checkpoint_state(self._saved)
+            self._saved = None
     def before_train(self): self.sums, self.counts = dict.fromkeys(GAN_LOG, 0.0), dict.fromkeys(GAN_LOG, 0)
     def after_loss(self):
         if self.training: self._generator_loss()
@@ -66,17 +77,17 @@ class ConditionalGAN(Callback):
 
     # -- the two nets' losses --------------------------------------------------------------------------------
     def _setup(self):
-        "Critic on the data's device (channels_last on a GPU) and its own Adam, made once, kept across fits."
-        gpu = on_gpu(self.dls)
-        self.device_type = "cuda" if gpu else "cpu"
-        fmt = torch.channels_last if gpu else torch.preserve_format
-        self.critic = wrap_ddp(self.critic.to(self.dls.device or "cpu", memory_format=fmt))
-        if self.critic_opt is None:  # fused on a GPU: one kernel for all of the critic's parameters
+        """The critic on the device policy's device and layout, with its own Adam (fused where the policy says) and
+        loss scaler, both made once and kept across fits."""
+        policy = self.learn.policy
+        fmt = torch.channels_last if policy.channels_last else torch.preserve_format
+        self.critic = wrap_ddp(self.critic.to(policy.device, memory_format=fmt))
+        if self.critic_opt is None:
             self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=self.critic_lr, betas=self.betas,
-                                               fused=gpu or None)
-        mp = getattr(self.learn, "mixed_precision", None)
-        self.amp_dtype = None if mp is None else (torch.bfloat16 if str(mp.amp_mode) == "bf16" else torch.float16)
-        self.critic_scaler = torch.amp.GradScaler(self.device_type, enabled=self.amp_dtype == torch.float16)
+                                               fused=policy.fused_adam or None)
+        self.device_type, self.amp_dtype = policy.device_type, policy.amp_dtype
+        if self.critic_scaler is None:
+            self.critic_scaler = torch.amp.GradScaler(self.device_type, enabled=self.amp_dtype == torch.float16)
 
     def _autocast(self):
         dtype = self.amp_dtype or torch.float32
@@ -89,7 +100,7 @@ class ConditionalGAN(Callback):
 
     def _generator_loss(self):
         self._log("loss_G_L1", self.loss)
-        if self.n_batches < self.warmup:  # critic alone: judge, step, and leave the generator untouched
+        if self.n_batches < self.warmup and not self.probing:  # critic alone: judge, step, and leave the generator untouched
             self._critic_step()
             raise CancelBatchException()
         self.critic.requires_grad_(False)
@@ -130,28 +141,45 @@ class ConditionalGAN(Callback):
 
     def checkpoint_state(self) -> dict:
         return {"critic": _unwrap(self.critic).state_dict(), "critic_opt": self.critic_opt.state_dict(),
-                "gan_batches": self.n_batches}
+                "critic_scaler": self.critic_scaler.state_dict(), "gan_batches": self.n_batches}
 
     def load_checkpoint_state(self, state: dict):
         self._setup()
         _unwrap(self.critic).load_state_dict(state["critic"])
         self.critic_opt.load_state_dict(state["critic_opt"])
+        if state.get("critic_scaler"):
+            self.critic_scaler.load_state_dict(state["critic_scaler"])
         self.n_batches = state["gan_batches"]
 
 
 def gan_learner(dls, generator: nn.Module, critic: nn.Module | None = None, wd: float = 1e-4,
-                precision: str = "auto", fused_adam: bool | str = "auto", compile: bool = False,
-                freeze_encoder: bool = False, path: str = ".", cbs=None, **gan_kwargs) -> Learner:
-    """Stage two: the stage-one Learner around `generator` (L1 loss, PSNR and colourfulness metrics) plus the
-    ConditionalGAN callback with `critic` (pix2pix's PatchGAN by default); `gan_kwargs` go to ConditionalGAN.
-    `freeze_encoder` keeps the generator's pretrained encoder fixed during this stage; `compile` compiles both nets."""
+                precision: str = "auto", fused_adam: bool | str = "auto", channels_last: bool | str = "auto",
+                compile: bool | str = False, freeze_encoder: bool = False, ema_decay: float | None = 0.99,
+                path: str = ".", cbs=None, **gan_kwargs) -> Learner:
+    """Stage two: the stage-one Learner around `generator` (L1 loss, PSNR, colourfulness and false-colour metrics)
+    plus the ConditionalGAN callback with `critic` (pix2pix's PatchGAN by default); `gan_kwargs` go to
+    ConditionalGAN. `ema_decay` keeps an exponential moving average of the generator that validation, checkpoints
+    and the result use (None: off). `freeze_encoder` keeps the generator's encoder fixed during this stage;
+    `compile` compiles both nets."""
     learn = pretrain_learner(dls, model=generator, wd=wd, precision=precision, fused_adam=fused_adam,
-                             compile=compile, path=path, cbs=cbs)
+                             channels_last=channels_last, compile=compile, path=path, cbs=cbs)
     gan = ConditionalGAN(critic, **gan_kwargs)
     if compile:
-        compile_model(gan.critic)
+        compile_model(gan.critic, compile)
     learn.add_cb(gan)
+    if ema_decay:
+        learn.add_cb(GeneratorEMA(ema_decay))
     learn.metrics = [*gan.metrics(), *learn.metrics]
     if freeze_encoder:
         learn.freeze()
     return learn
+
+
+def fit_gan(learn: Learner, n_epoch: int, lr_max: float = 2e-4, div: float = 25.0, div_final: float = 1e5,
+            pct_start: float = 0.25, wd: float | None = None, moms: tuple = (0.5, 0.5, 0.5), cbs=None,
+            reset_opt: bool = False, start_epoch: int = 0):
+    """Stage two's schedule: fastai's one-cycle for the generator's learning rate with Adam's first moment held at
+    0.5, as pix2pix keeps it (fit_one_cycle's default cycles it between 0.95 and 0.85, tuned for supervised
+    training). The critic's Adam has its own betas (`ConditionalGAN.betas`)."""
+    return learn.fit_one_cycle(n_epoch, lr_max=lr_max, div=div, div_final=div_final, pct_start=pct_start, wd=wd,
+                               moms=tuple(moms), cbs=cbs, reset_opt=reset_opt, start_epoch=start_epoch)

@@ -1,7 +1,7 @@
 """Colorize any photo at full resolution with a trained generator (either stage's artefact).
 
-As DeOldify and DDColor do it: the network predicts ab at a render size (about `render_size` squared pixels, the
-aspect ratio kept, each side a multiple of the network's stride 32), the chroma is upsampled to the photo's size
+As DeOldify and DDColor do it: the network predicts ab at a render size (the short side at `render_size`, as in
+training, the aspect ratio kept, each side a multiple of the network's stride 32), the chroma is upsampled to the photo's size
 and recombined with the photo's own full-resolution L. The network's memory is bounded by the render size, so a
 6000x4000 photo runs as easily as a thumbnail, and the output keeps the input's size, orientation and lightness.
 """
@@ -17,22 +17,27 @@ from PIL import Image
 
 from .artifacts import load_generator
 from .color import denorm_ab, lab_to_rgb, norm_l, pil_to_rgb_array, rgb_to_lab
+from .device import resolve_device, resolve_precision
 
 __all__ = ["Colorizer", "render_shape", "STRIDE"]
 
 STRIDE = 32  # a DynamicUnet over a ResNet body halves the size 5 times
 
 
-def render_shape(h: int, w: int, render_size: int) -> tuple[int, int]:
-    "The network's input size for an (h, w) photo: about render_size^2 pixels, same aspect, multiples of 32."
-    scale = render_size / math.sqrt(h * w)
+def render_shape(h: int, w: int, render_size: int, max_aspect: float = 3.0) -> tuple[int, int]:
+    """The network's input size for an (h, w) photo: the short side at `render_size`, as the training photos had it
+    (so objects reach the network at the scale it learnt them), the long side at most `max_aspect` times that,
+    aspect kept, each side a multiple of 32."""
+    scale = min(render_size / min(h, w), max_aspect * render_size / max(h, w))
     return (max(STRIDE, round(h * scale / STRIDE) * STRIDE), max(STRIDE, round(w * scale / STRIDE) * STRIDE))
 
 
 class Colorizer:
     "A trained generator as a function: PIL image in, colorized full-resolution PIL image out."
-    def __init__(self, model: torch.nn.Module, render_size: int = 256, device=None, strip_rows: int = 256):
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    def __init__(self, model: torch.nn.Module, render_size: int = 256, device=None, strip_rows: int = 256,
+                 precision: str = "auto"):
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)  # the device policy's choice, as in training
         self.model, self.render_size, self.strip_rows = model.to(self.device).eval(), render_size, strip_rows
 
     @classmethod
@@ -66,8 +71,8 @@ class Colorizer:
         return out
 
     def _autocast(self):
-        dtype = torch.bfloat16 if self.device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype, enabled=self.device.type == "cuda")
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype, enabled=self.precision != "fp32")
 
     def combine(self, l: torch.Tensor, ab_small: torch.Tensor) -> np.ndarray:
         "Full-res L + upsampled chroma -> uint8 RGB (H,W,3), done in strips of rows to bound memory."

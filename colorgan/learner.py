@@ -3,72 +3,117 @@ from __future__ import annotations
 
 from functools import partial
 
-import fastai.callback.fp16  # noqa: F401  (patches Learner.to_fp16 / to_bf16)
 import fastai.callback.schedule  # noqa: F401  (patches Learner.fit_one_cycle / lr_find)
 import torch
+from fastai.callback.core import Callback
+from fastai.callback.fp16 import AMPMode, MixedPrecision
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 from fastai.losses import L1LossFlat
-from fastai.optimizer import Adam, OptimWrapper
+from fastai.optimizer import OptimWrapper
+from fastcore.foundation import L
 
-from .metrics import colorfulness_metric, psnr_metric
+from .device import DevicePolicy, resolve_policy
+from .metrics import colorfulness_metric, false_color_metric, psnr_metric
 from .models import body_head_split, build_generator
 
-__all__ = ["pretrain_learner", "resolve_precision", "use_accelerator"]
+__all__ = ["pretrain_learner", "AdamW", "DeviceMixedPrecision", "UsePolicy", "compile_model", "adamw"]
 
 
-def resolve_precision(precision: str = "auto") -> str:
-    "'auto' -> 'bf16' on a GPU that supports it, 'fp16' on other GPUs, 'fp32' on CPU."
-    if precision != "auto":
-        return precision
-    if not torch.cuda.is_available():
-        return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+class AdamW(torch.optim.AdamW):
+    """torch's AdamW (one fused kernel for all parameters where `fused=True`) with fastai's convention: decoupled
+    weight decay for weights only, never for biases and normalisation weights (every tensor of one dimension)."""
+    @torch.no_grad()
+    def step(self, closure=None):
+        wds = [g["weight_decay"] for g in self.param_groups]
+        for g, wd in zip(self.param_groups, wds):
+            decayed = [p for p in g["params"] if p.grad is not None and p.ndim > 1]
+            if wd and decayed:
+                torch._foreach_mul_(decayed, 1 - g["lr"] * wd)
+            g["weight_decay"] = 0.0
+        try:
+            return super().step(closure)
+        finally:
+            for g, wd in zip(self.param_groups, wds):
+                g["weight_decay"] = wd
 
 
-def use_accelerator(learn: Learner, precision: str = "auto") -> Learner:
-    "Mixed precision and channels_last when the Learner's data lives on a GPU; nothing changes on CPU."
-    precision = resolve_precision(precision)
-    if precision not in {"fp32", "fp16", "bf16"}:
-        raise ValueError(f"precision must be auto, fp32, fp16 or bf16, not '{precision}'")
-    if on_gpu(learn.dls):
-        learn.model.to(memory_format=torch.channels_last)
-        torch.backends.cudnn.benchmark = True
-    if precision == "bf16":
-        learn.to_bf16()
-    elif precision == "fp16":
-        learn.to_fp16()
-    return learn
+def adamw(fused: bool):
+    """The optimizer of both stages on every device: AdamW with fastai Adam's hyperparameters (eps 1e-5, second
+    moment 0.99; fastai's schedulers set the learning rate, first moment and weight decay), wrapped so fastai's
+    schedulers, freezing and discriminative learning rates drive it. `fused` picks the kernel, not the maths."""
+    return partial(OptimWrapper, opt=partial(AdamW, eps=1e-5, betas=(0.9, 0.99), fused=fused or None))
 
 
-def on_gpu(dls: DataLoaders) -> bool:
-    return dls.device is not None and torch.device(dls.device).type == "cuda"
+class DeviceMixedPrecision(MixedPrecision):
+    """fastai's MixedPrecision, on the data's device (fastai's own is CUDA-only: CPU autocast runs bf16 and fp16
+    too), with the loss scale kept across fits and saved in checkpoints, so a resumed run does not restart at
+    65536 and skip its first steps."""
+    def __init__(self, amp_mode: AMPMode, device_type: str):
+        super().__init__(amp_mode)
+        self.device_type, self.scaler_state = device_type, None
+
+    def before_fit(self):
+        dtype = torch.bfloat16 if self.amp_mode == AMPMode.BF16 else torch.float16
+        self.autocast = torch.autocast(self.device_type, dtype=dtype)
+        self.learn.scaler = torch.amp.GradScaler(self.device_type, enabled=dtype == torch.float16)
+        if self.scaler_state:
+            self.learn.scaler.load_state_dict(self.scaler_state)
+        self.scales = L()
+
+    def after_fit(self):
+        if not hasattr(self.learn, "lr_finder"):  # lr_find's divergent steps say nothing about the real scale
+            self.scaler_state = self.learn.scaler.state_dict()
+        super().after_fit()
+
+    def checkpoint_state(self) -> dict: return {"scaler": self.learn.scaler.state_dict()}
+    def load_checkpoint_state(self, state: dict): self.scaler_state = state.get("scaler") or None
 
 
-def adam(dls: DataLoaders, fused: bool | str = "auto"):
-    """fastai's Adam on CPU; torch's fused AdamW (one kernel for all parameters) on a GPU, wrapped so fastai's
-    schedulers, freezing and discriminative learning rates still drive it. Both decay weights decoupled."""
-    if fused == "auto":
-        fused = on_gpu(dls)
-    return partial(OptimWrapper, opt=partial(torch.optim.AdamW, fused=True)) if fused else Adam
+class UsePolicy(Callback):
+    "During a fit: channels_last for the model where the policy says so, and cuDNN's autotuner on GPUs."
+    order = -10
+
+    def before_fit(self):
+        self.benchmark = torch.backends.cudnn.benchmark
+        if self.learn.policy.device_type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        if self.learn.policy.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def after_fit(self): torch.backends.cudnn.benchmark = self.benchmark
 
 
-def compile_model(model: torch.nn.Module) -> torch.nn.Module:
-    "torch.compile in place (the module keeps its type, so splitters, saving and indexing still work)."
-    model.compile()
+def compile_model(model: torch.nn.Module, compile: bool | str = True) -> torch.nn.Module:
+    """torch.compile in place (the module keeps its type, so splitters, saving and indexing still work); a string
+    names the backend ('inductor', the default for True; 'eager' or 'aot_eager' to check a graph quickly)."""
+    model.compile(backend=compile if isinstance(compile, str) else "inductor")
     return model
 
 
+def apply_policy(learn: Learner, policy: DevicePolicy) -> Learner:
+    "Record the policy on the Learner, where every callback reads it, and add what it asks for."
+    learn.policy = policy
+    learn.add_cb(UsePolicy())
+    if policy.amp_dtype is not None:
+        learn.add_cb(DeviceMixedPrecision(AMPMode(policy.precision), policy.device_type))
+    return learn
+
+
 def pretrain_learner(dls: DataLoaders, model: torch.nn.Module | None = None, wd: float = 1e-4,
-                     precision: str = "auto", fused_adam: bool | str = "auto", compile: bool = False,
-                     path: str = ".", cbs=None, **generator_kwargs) -> Learner:
+                     precision: str = "auto", fused_adam: bool | str = "auto", channels_last: bool | str = "auto",
+                     compile: bool | str = False, path: str = ".", cbs=None, **generator_kwargs) -> Learner:
     """Stage one: the generator (built from `generator_kwargs` by `build_generator` unless `model` is given) on L1
-    of ab, with PSNR of the RGB result and the colourfulness of predictions as metrics, and an encoder/decoder
-    splitter so `freeze()` and discriminative learning rates work. On a GPU: mixed precision (`precision`),
-    channels_last, fused AdamW, and `compile=True` for torch.compile."""
+    of ab, with PSNR of the RGB result, the colourfulness of predictions and real photos and the false-colour
+    area as metrics, and an encoder/decoder splitter so `freeze()` and discriminative learning rates work.
+    The device policy (`colorgan.device.resolve_policy` on the data's device) sets `precision` (auto: bf16 or fp16
+    on GPUs, fp32 on CPU), the AdamW kernel (`fused_adam`), `channels_last` and `compile` (True or a torch.compile
+    backend's name); `learn.policy` says what it decided."""
+    policy = resolve_policy(dls.device, precision, fused_adam, channels_last, compile)
     if model is None:
         model = build_generator(img_size=dls.train.size, **generator_kwargs)
-    learn = Learner(dls, compile_model(model) if compile else model, loss_func=L1LossFlat(),
-                    opt_func=adam(dls, fused_adam), wd=wd, splitter=body_head_split,
-                    metrics=[psnr_metric(), colorfulness_metric()], path=path, cbs=cbs)
-    return use_accelerator(learn, precision)
+    learn = Learner(dls, compile_model(model, compile) if compile else model, loss_func=L1LossFlat(),
+                    opt_func=adamw(policy.fused_adam), wd=wd, splitter=body_head_split,
+                    metrics=[psnr_metric(), colorfulness_metric(), colorfulness_metric("real"),
+                             false_color_metric()], path=path, cbs=cbs)
+    return apply_policy(learn, policy)

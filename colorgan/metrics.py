@@ -7,10 +7,13 @@ import torch
 import torch.nn.functional as F
 from fastai.learner import Metric
 
-from .color import model_to_rgb
+from .color import model_to_rgb, rgb_to_lab
 from .distributed import all_reduce_sum
 
-__all__ = ["psnr", "ssim", "ciede2000", "colorfulness", "RGBMetric", "psnr_metric", "colorfulness_metric"]
+__all__ = ["psnr", "ssim", "ciede2000", "colorfulness", "false_color", "lightness_drift", "RGBMetric", "psnr_metric",
+           "colorfulness_metric", "false_color_metric", "FALSE_COLOR_CHROMA"]
+
+FALSE_COLOR_CHROMA = 20.0  # CIELAB chroma above the original's that counts as colour the photo never had
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
@@ -28,6 +31,18 @@ def colorfulness(rgb: torch.Tensor) -> torch.Tensor:
     sigma = (rg.var(1, unbiased=False) + yb.var(1, unbiased=False)).sqrt()
     mu = (rg.mean(1) ** 2 + yb.mean(1) ** 2).sqrt()
     return sigma + 0.3 * mu
+
+
+def false_color(pred_lab: torch.Tensor, real_lab: torch.Tensor, excess: float = FALSE_COLOR_CHROMA) -> torch.Tensor:
+    """Per image of CIELAB batches (N,3,H,W): the share of pixels whose chroma exceeds the original's by more than
+    `excess` CIELAB units, i.e. the area painted in colour the photo never had (blotches)."""
+    chroma = lambda lab: torch.hypot(lab[:, 1].float(), lab[:, 2].float())  # noqa: E731
+    return (chroma(pred_lab) - chroma(real_lab) > excess).flatten(1).float().mean(1)
+
+
+def lightness_drift(pred_lab: torch.Tensor, real_lab: torch.Tensor) -> torch.Tensor:
+    "Per image of CIELAB batches: the mean |L(pred) - L(real)|, how far the output strayed from the photo's lightness."
+    return (pred_lab[:, 0].float() - real_lab[:, 0].float()).abs().flatten(1).mean(1)
 
 
 class RGBMetric(Metric):
@@ -63,6 +78,11 @@ class RGBMetric(Metric):
 def psnr_metric() -> RGBMetric: return RGBMetric(psnr, "psnr")
 def colorfulness_metric(on: str = "pred") -> RGBMetric:
     return RGBMetric(colorfulness, "colorfulness" if on == "pred" else "colorfulness_real", on=on)
+
+
+def false_color_metric() -> RGBMetric:
+    "The validation photos' false-colour area (see `false_color`), on the RGB the predictions make."
+    return RGBMetric(lambda pred, real: false_color(rgb_to_lab(pred), rgb_to_lab(real)), "false_color")
 
 
 def _gaussian_window(sigma: float = 1.5, truncate: float = 3.5) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 from fastai.layers import NormType
 from fastai.torch_core import params
 from fastai.vision.learner import create_body
-from fastai.vision.models.unet import DynamicUnet
+from fastai.vision.models.unet import DynamicUnet, ToTensorBase
 from torch import nn
 
 from .utils import ColorganError
@@ -73,8 +73,17 @@ def build_generator(arch: str = "resnet18", pretrained: bool = True, weights: st
     body = create_body(_timm_model(arch, pretrained, weights), n_in=1, pretrained=bool(pretrained or weights))
     unet = DynamicUnet(body, n_out=2, img_size=(img_size, img_size), blur=blur, self_attention=self_attention,
                        y_range=AB_RANGE, norm_type=NormType.Spectral if spectral_norm else None)
+    _plain_output(unet)
     unet.arch = arch
     return unet
+
+
+def _plain_output(unet: DynamicUnet) -> None:
+    """Replace the last layer, fastai's ToTensorBase (no parameters), with Identity: its `as_subclass`, patched by
+    fastai, recurses without end under torch.compile; a plain tensor out is all the Learner needs."""
+    for i, layer in enumerate(unet.layers):
+        if isinstance(layer, ToTensorBase):
+            unet.layers[i] = nn.Identity()
 
 
 def body_head_split(model: DynamicUnet) -> list:
@@ -90,10 +99,12 @@ def _norm(kind: str, channels: int) -> nn.Module:
     return nn.Identity()
 
 
-def build_critic(n_in: int = 3, n_filters: int = 64, n_strided: int = 3, norm: str = "batch") -> nn.Sequential:
+def build_critic(n_in: int = 3, n_filters: int = 64, n_strided: int = 3, norm: str = "spectral") -> nn.Sequential:
     """pix2pix's 70x70 PatchGAN: `n_strided` stride-2 4x4 convs doubling from `n_filters`, a stride-1 conv, then a
     one-channel map of real/fake logits, one per overlapping patch. Input: cat(L, ab), 3 channels.
-    `norm` is 'batch', 'instance' or 'spectral' (spectral normalisation of every conv, no feature norm)."""
+    `norm` is 'spectral' (spectral normalisation of every conv, no feature norm: the default, see docs/gan.md),
+    'batch' (pix2pix's: a critic that wins within a few dozen steps and drives the generator to blotches) or
+    'instance'."""
     if norm not in {"batch", "instance", "spectral"}:
         raise ColorganError(f"critic norm must be batch, instance or spectral, not '{norm}'")
     sn = nn.utils.spectral_norm if norm == "spectral" else (lambda m: m)

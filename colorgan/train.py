@@ -2,21 +2,23 @@
 CLI commands of the same names wrap."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
 
+import torch
 from fastai.callback.progress import CSVLogger
 from fastai.learner import Learner
 from fastai.torch_core import set_seed
 
 from . import learner as _patched  # noqa: F401  (fit_one_cycle is patched onto Learner there)
-from .artifacts import (ARTIFACT_NAME, CRITIC_NAME, generator_meta, load_generator, resolve_artifact, save_critic,
-                        save_generator)
-from .callbacks import LAST, ReplayHistory, RunCheckpoint, load_checkpoint
+from .artifacts import (ARTIFACT_NAME, CRITIC_NAME, _unwrap, generator_meta, load_generator, resolve_artifact,
+                        save_critic, save_generator)
+from .callbacks import BEST, LAST, ColourRule, ReplayHistory, RunCheckpoint, load_checkpoint
 from .data import photo_dls
 from .distributed import barrier, distributed, init_distributed, is_main_process, main_process_first
-from .gan import ConditionalGAN, gan_learner
+from .gan import ConditionalGAN, fit_gan, gan_learner
 from .learner import pretrain_learner
 from .models import build_critic, build_generator
 from .recipes import Section, dumps_toml, load_recipe
@@ -27,17 +29,18 @@ __all__ = ["pretrain", "gan_finetune", "PRETRAIN_SCHEMA", "GAN_SCHEMA", "RECIPE_
 RECIPE_NAME = "recipe.resolved.toml"
 FIT = Section(Learner.fit_one_cycle, ("cbs", "reset_opt", "start_epoch"))
 PRETRAIN_SCHEMA = {
-    "data": Section(photo_dls, ("path", "device")),
+    "data": Section(photo_dls, ("path",)),
     "model": Section(build_generator, ("img_size",)),
     "learner": Section(pretrain_learner, ("dls", "model", "path", "cbs")),
     "fit": FIT,
 }
 GAN_SCHEMA = {
-    "data": Section(photo_dls, ("path", "device")),
+    "data": Section(photo_dls, ("path",)),
     "critic": Section(build_critic),
     "gan": Section(ConditionalGAN, ("critic",)),
     "learner": Section(gan_learner, ("dls", "generator", "critic", "path", "cbs")),
-    "fit": FIT,
+    "keep": Section(ColourRule, ("start",)),
+    "fit": Section(fit_gan, ("learn", "cbs", "reset_opt", "start_epoch")),
 }
 
 
@@ -76,11 +79,13 @@ def clear_run(run: Path) -> None:
             path.unlink()
 
 
-def run_fit(learn: Learner, run: Path, recipe: dict, meta: dict, resume: bool, cbs=()) -> Learner:
-    "fit_one_cycle with the run's callbacks; on --resume, from the last finished epoch with its history replayed."
-    fit = dict(recipe["fit"])
+def run_fit(learn: Learner, run: Path, recipe: dict, meta: dict, resume: bool, cbs=(), rule=None,
+            best: float = float("inf"), fit=Learner.fit_one_cycle) -> Learner:
+    """fit_one_cycle with the run's callbacks, `best.pth` chosen by `rule` (lowest validation loss unless told);
+    on --resume, from the last finished epoch with its history replayed."""
+    fit_fn, fit = fit, dict(recipe["fit"])
     n_epoch, start = fit.pop("n_epoch"), 0
-    checkpoint = RunCheckpoint(run, meta)
+    checkpoint = RunCheckpoint(run, meta, best=best, rule=rule)
     cbs = [*cbs, *([CSVLogger("history.csv")] if is_main_process() else []), checkpoint]
     if resume:
         state = load_checkpoint(learn, run)
@@ -94,7 +99,7 @@ def run_fit(learn: Learner, run: Path, recipe: dict, meta: dict, resume: bool, c
         log.info(f"{run} already finished its {n_epoch} epochs; raise fit.n_epoch to train longer")
         return learn
     with distributed(learn):
-        learn.fit_one_cycle(n_epoch, start_epoch=start, cbs=cbs, **{k: v for k, v in fit.items() if v is not None})
+        fit_fn(learn, n_epoch, start_epoch=start, cbs=cbs, **{k: v for k, v in fit.items() if v is not None})
     return learn
 
 
@@ -106,6 +111,16 @@ def _start(run: Path, data, recipe, overrides, schema: dict, resume: bool, overw
     with main_process_first():
         dls = photo_dls(data, **recipe["data"])
     return recipe, dls
+
+
+def _record_policy(learn: Learner, run: Path, recipe: dict) -> None:
+    "The device policy as decided, never 'auto', into the recipe, the artefact's metadata and the run folder."
+    policy = learn.policy.as_dict()
+    recipe["data"]["device"] = policy.pop("device")
+    recipe["learner"].update(policy)
+    if is_main_process():
+        with atomic_path(run / RECIPE_NAME) as tmp:
+            tmp.write_text(dumps_toml(recipe))
 
 
 def _finish(learn: Learner, run: Path, meta: dict, critic=None, critic_build: dict | None = None) -> Learner:
@@ -126,6 +141,7 @@ def pretrain(data: str | os.PathLike, out: str | os.PathLike, recipe=None, overr
     run = Path(out)
     recipe, dls = _start(run, data, recipe, overrides, PRETRAIN_SCHEMA, resume, overwrite)
     learn = pretrain_learner(dls, path=run, **recipe["learner"], **recipe["model"])
+    _record_policy(learn, run, recipe)
     meta = generator_meta(recipe["model"], dls.train.size, "pretrain", recipe)
     run_fit(learn, run, recipe, meta, resume)
     return _finish(learn, run, meta)
@@ -141,6 +157,34 @@ def gan_finetune(data: str | os.PathLike, generator: str | os.PathLike, out: str
     net, source = load_generator(generator)
     critic = build_critic(**recipe["critic"])
     learn = gan_learner(dls, net.train(), critic, path=run, **recipe["learner"], **recipe["gan"])
+    _record_policy(learn, run, recipe)
     meta = generator_meta(source["build"], dls.train.size, "gan", recipe)
-    run_fit(learn, run, recipe, meta, resume)
+    rule, best = _colour_rule(learn, run, meta, resume, **recipe["keep"])
+    run_fit(learn, run, recipe, meta, resume, rule=rule, best=best, fit=fit_gan)
+    _keep_best(learn, run)
     return _finish(learn, run, meta, critic, recipe["critic"])
+
+
+def _colour_rule(learn: Learner, run: Path, meta: dict, resume: bool, **limits) -> tuple[ColourRule, float]:
+    """Stage two's checkpoint rule, measured against the generator the stage starts from, which is itself the
+    first candidate for best.pth (so the result is never worse than the start by the rule's own measure)."""
+    start_file = run / "checkpoints" / "start.json"
+    if resume and start_file.is_file():
+        return ColourRule(json.loads(start_file.read_text()), **limits), float("inf")
+    values = learn.validate()  # the Recorder names its columns as it runs
+    start = dict(zip(learn.recorder.metric_names[2:-1], values))
+    rule = ColourRule(start, **limits)
+    score, why = rule.judge(start)
+    log.info(f"stage two starts from: {why}")
+    if is_main_process():
+        with atomic_path(start_file) as tmp:
+            tmp.write_text(json.dumps(start))
+        save_generator(learn.model, run / BEST, meta)  # the fallback, even when the start is not eligible itself
+    return rule, float("inf") if score is None else score
+
+
+def _keep_best(learn: Learner, run: Path) -> None:
+    "Stage two's result is the generator its rule kept, not merely the last one."
+    barrier()  # rank 0 wrote best.pth
+    state = torch.load(run / BEST, map_location="cpu", weights_only=True)["state_dict"]
+    _unwrap(learn.model).load_state_dict(state)

@@ -1,15 +1,28 @@
 """Run by torchrun in test_distributed.py: a tiny pretrain then a tiny GAN fine-tune on every rank, then each
-rank writes a digest of its generator's weights so the test can compare them."""
+rank writes a digest of its generator's weights and the dtypes its convolutions computed in, so the test can
+compare them."""
 import hashlib
 import sys
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 
 from colorgan.train import gan_finetune, pretrain
 
 photos, out = Path(sys.argv[1]), Path(sys.argv[2])
-tiny = {"data": {"size": 32, "bs": 4, "valid_pct": 0.25, "augment": True}, "fit": {"n_epoch": 2, "lr_max": 1e-3}}
+dtypes, conv_forward = set(), torch.nn.Conv2d.forward
+
+
+def recording_forward(self, x):
+    y = conv_forward(self, x)
+    dtypes.add(str(y.dtype))
+    return y
+
+
+torch.nn.Conv2d.forward = recording_forward
+tiny = {"data": {"size": 32, "bs": 4, "valid_pct": 0.25, "augment": True}, "fit": {"n_epoch": 2, "lr_max": 1e-3},
+        "learner": {"precision": "fp32"}}
 learn = pretrain(photos, out / "g", recipe={**tiny, "model": {"pretrained": False}})
 gan = gan_finetune(photos, out / "g", out / "gan", recipe={**tiny, "critic": {"n_filters": 8}})
 rank = dist.get_rank()
@@ -19,3 +32,4 @@ for name, net in (("generator", gan.model), ("critic", gan.conditional_gan.criti
         digest.update(k.encode() + v.detach().cpu().contiguous().numpy().tobytes())
     (out / f"{name}.rank{rank}.sha256").write_text(digest.hexdigest())
 (out / f"history.rank{rank}.txt").write_text(repr(gan.recorder.values))
+(out / f"dtypes.rank{rank}.txt").write_text(" ".join(sorted(dtypes)))

@@ -74,3 +74,14 @@ def test_weights_option_reaches_the_model(photo_dir, tmp_path):
     r = run("pretrain", photo_dir, "--recipe", tmp_path / "tiny.toml", "--out", tmp_path / "r", "--weights", weights)
     assert r.exit_code == 0, r.output
     assert "it's resnet18.pth" in (tmp_path / "r" / "recipe.resolved.toml").read_text()
+
+
+def test_env_prints_versions_devices_and_the_policy():
+    import torch
+    out = run("env").output
+    assert f"torch        {torch.__version__}" in out and "fastai" in out and "timm" in out
+    assert "cpu " in out and "policy       device " in out
+    if not torch.cuda.is_available():
+        assert "device cpu, precision fp32" in out
+    result = CliRunner().invoke(main, ["env", "--device", "bogus"])
+    assert result.exit_code == 1 and "unknown device 'bogus'" in result.output

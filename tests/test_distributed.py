@@ -14,7 +14,8 @@ HERE = Path(__file__).parent
 LAUNCHERS = {
     "torchrun": ["torchrun", "--standalone", "--nproc_per_node", "2"],
     "accelerate": ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                   "--mixed_precision", "no", "--dynamo_backend", "no"],
+                   "--mixed_precision", "bf16", "--dynamo_backend", "no"],  # the recipe's fp32 must win
+
 }
 
 
@@ -41,5 +42,7 @@ def test_two_gloo_ranks_train_both_stages_identically(photo_dir, tmp_path, launc
             rows = list(csv.DictReader(f))
         assert [row["epoch"] for row in rows] == ["0", "1"]  # written once, by rank 0
         assert sorted(p.name for p in (run / "samples").iterdir()) == ["epoch_001.png", "epoch_002.png"]
+    for k in (0, 1):  # precision = "fp32": no autocast from the launcher either
+        assert (tmp_path / f"dtypes.rank{k}.txt").read_text() == "torch.float32"
     # metrics are reduced across ranks: both ranks saw the same numbers
     assert (tmp_path / "history.rank0.txt").read_text() == (tmp_path / "history.rank1.txt").read_text()

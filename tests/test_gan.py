@@ -126,7 +126,7 @@ def test_resume_restores_critic_and_optimizers(photo_dir, stage_one, tmp_path, m
     assert all(torch.equal(seen["critic"][k], v) for k, v in saved["critic"].items())
     exp_avg = [s["exp_avg"] for s in seen["critic_opt"]["state"].values()]
     assert exp_avg and all(torch.equal(a, s["exp_avg"]) for a, s in zip(exp_avg, saved["critic_opt"]["state"].values()))
-    assert torch.equal(seen["opt"]["state"][0]["grad_avg"], saved["opt"]["state"][0]["grad_avg"])
+    assert torch.equal(seen["opt"]["state"][0]["exp_avg"], saved["opt"]["state"][0]["exp_avg"])
     assert saved["gan_batches"] > 0
     assert torch.load(run / "checkpoints/last.pth", weights_only=True)["epoch"] == 2
 
@@ -143,3 +143,66 @@ def test_works_with_fastai_callbacks(learn, tmp_path):
     assert (tmp_path / "models" / "best.pth").is_file()
     lrs = learn.recorder.hps["lr"]
     assert max(lrs) > 5 * min(lrs)  # the one-cycle schedule moved the generator's learning rate
+
+
+def _critic_state(gan):
+    return (_snapshot(gan.critic), copy.deepcopy(gan.critic_opt.state_dict()), gan.n_batches)
+
+
+def test_lr_find_leaves_the_critic_as_it_found_it(learn):
+    "lr_find drives the whole GAN step, then puts back the critic's weights, its optimizer and the warm-up count."
+    gan = learn.conditional_gan
+    gan.warmup = 1
+    learn.fit(1, 1e-3)  # a critic with optimizer state and a counter past its warm-up
+    weights, opt_state, batches = _critic_state(gan)
+    g0 = _snapshot(learn.model)
+    learn.lr_find(start_lr=1e-5, end_lr=1e-2, num_it=6, show_plot=False, suggest_funcs=())
+    after_weights, after_opt, after_batches = _critic_state(gan)
+    assert not _changed(weights, gan.critic) and after_batches == batches
+    flat = lambda state: [t for s in state["state"].values() for t in s.values() if torch.is_tensor(t)]  # noqa: E731
+    assert all(torch.equal(a, b) for a, b in zip(flat(opt_state), flat(after_opt)))
+    assert not _changed(g0, learn.model)  # fastai's LRFinder restores the generator itself
+    assert len(learn.recorder.losses) >= 2  # it did measure the loss
+
+
+def test_ema_weights_are_validated_and_kept(photo_dir):
+    "Validation sees the averaged generator, and after the fit the model holds it."
+    from colorgan.callbacks import GeneratorEMA
+    set_seed(0)
+    dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False, num_workers=1)
+    learn = gan_learner(dls, build_generator(pretrained=False, img_size=32), build_critic(n_filters=8),
+                        ema_decay=0.5)
+    ema, seen = learn.generator_ema, {}
+    swap_in = GeneratorEMA._swap_in
+
+    def spy(self):
+        seen["raw"] = [t.clone() for t in self._tensors()]
+        swap_in(self)
+        seen["validated"] = [t.clone() for t in self._tensors()]
+        seen["shadow"] = [t.clone() for t in self.shadow]
+    ema._swap_in = spy.__get__(ema)
+    learn.fit(1, 1e-2)
+    floats = [i for i, t in enumerate(seen["raw"]) if t.is_floating_point()]
+    assert all(torch.equal(seen["validated"][i], seen["shadow"][i]) for i in floats)
+    assert any(not torch.equal(seen["validated"][i], seen["raw"][i]) for i in floats)  # averaged, not the raw
+    final = list(learn.model.state_dict().values())
+    assert all(torch.equal(final[i], seen["shadow"][i]) for i in floats)
+
+
+def test_ema_off_validates_the_raw_weights(photo_dir):
+    dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False, num_workers=1)
+    learn = gan_learner(dls, build_generator(pretrained=False, img_size=32), build_critic(n_filters=8),
+                        ema_decay=None)
+    assert not hasattr(learn, "generator_ema")
+
+
+def test_stage_two_writes_the_generator_its_rule_kept(photo_dir, stage_one, tmp_path):
+    "generator.pth is best.pth (the EMA generator the rule kept), and the start is the first candidate."
+    run = tmp_path / "gan"
+    gan_finetune(photo_dir, stage_one, run, recipe=tiny_recipe(critic={"n_filters": 8}, fit={"n_epoch": 2}))
+    best = torch.load(run / "checkpoints/best.pth", weights_only=True)["state_dict"]
+    final = torch.load(run / "generator.pth", weights_only=True)["state_dict"]
+    assert all(torch.equal(best[k], final[k]) for k in best)
+    assert (run / "checkpoints/start.json").is_file()
+    recipe = (run / "recipe.resolved.toml").read_text()
+    assert "[keep]" in recipe and "max_psnr_drop = 0.5" in recipe and "ema_decay = 0.99" in recipe and "moms = [0.5, 0.5, 0.5]" in recipe

@@ -44,10 +44,11 @@ def test_output_size_equals_input_size(colorizer, size):
     assert colorizer(img).size == img.size
 
 
-def test_render_shape_is_bounded_and_a_multiple_of_32():
-    h, w = render_shape(4000, 6000, 256)
-    assert h % 32 == 0 and w % 32 == 0 and abs(h * w - 256 ** 2) / 256 ** 2 < 0.2
-    assert render_shape(9, 1, 256) == (768, 96)
+def test_render_shape_keeps_the_training_scale_and_is_bounded():
+    "The short side at the render size, as the training photos' short side was; multiples of 32; bounded."
+    assert render_shape(4000, 6000, 256) == (256, 384)
+    assert render_shape(6000, 4000, 64) == (96, 64)
+    assert render_shape(9, 1, 256) == (768, 96)  # a long strip: the long side is capped at 3x
 
 
 def test_luminance_is_kept(colorizer, astronaut):
@@ -139,3 +140,18 @@ def test_export_onnx_matches_torch(artefact, tmp_path):
     r = CliRunner().invoke(main, ["export", str(artefact), "--onnx", str(tmp_path / "g.onnx")])
     assert r.exit_code == 0, r.output
     assert "1x1x32x32" in r.output and "2x1x64x64" in r.output and (tmp_path / "g.onnx").is_file()
+
+
+def test_false_color_and_lightness_drift_on_known_images():
+    from colorgan.color import rgb_to_lab
+    from colorgan.metrics import false_color, lightness_drift
+    gray = torch.full((1, 3, 4, 4), 0.5)
+    red = gray.clone()
+    red[:, 0, :2] = 1.0  # the top half turns saturated red: chroma far above the gray original's
+    assert false_color(rgb_to_lab(red), rgb_to_lab(gray)).item() == pytest.approx(0.5)
+    assert false_color(rgb_to_lab(gray), rgb_to_lab(red)).item() == 0  # less colour than the original is not false
+    assert false_color(rgb_to_lab(gray), rgb_to_lab(gray)).item() == 0
+    lab = rgb_to_lab(gray)
+    brighter = lab.clone()
+    brighter[:, 0] += 3.0
+    assert lightness_drift(brighter, lab).item() == pytest.approx(3.0, abs=1e-4)

@@ -90,3 +90,44 @@ def test_overwrite_removes_only_what_a_run_wrote(photo_dir, tmp_path):
     (run / "notes.txt").write_text("mine")
     pretrain(photo_dir, run, recipe=recipe, overwrite=True)
     assert (run / "notes.txt").read_text() == "mine" and (run / "generator.pth").is_file()
+
+
+def _record(psnr, cf, fc=0.0, real=30.0):
+    return {"psnr": psnr, "colorfulness": cf, "colorfulness_real": real, "false_color": fc}
+
+
+def test_the_colour_rule_keeps_the_right_generator():
+    """Scripted validation history: the most colourful (closest to real) among those within 0.5 dB of the start
+    and with little false colour; a NaN PSNR is never eligible."""
+    from colorgan.callbacks import ColourRule
+    rule = ColourRule(_record(24.0, 10.0), max_psnr_drop=0.5, max_false_color=0.02)
+    history = [_record(23.9, 14.0), _record(23.2, 29.0), _record(23.6, 22.0, fc=0.05), _record(23.55, 20.0),
+               _record(float("nan"), 30.0), _record(23.7, 18.0)]
+    scores = [rule.judge(r)[0] for r in history]
+    assert scores[1] is None and scores[2] is None and scores[4] is None
+    best = min((s, i) for i, s in enumerate(scores) if s is not None)[1]
+    assert best == 3
+    assert "PSNR below the floor 23.50" in rule.judge(history[1])[1]
+    assert "false colour above 2%" in rule.judge(history[2])[1]
+
+
+def test_epochs_of_a_few_batches_still_see_every_photo(photo_dir):
+    "epoch_batches: short epochs that continue one shuffled queue, so each photo comes once before any twice."
+    dls = photo_dls(photo_dir, size=32, bs=2, valid_pct=0.25, augment=False, num_workers=1, epoch_batches=2)
+    assert len(dls.train) == 2
+    seen = [i for _ in range(2) for i in dls.train.get_idxs()]
+    assert sorted(seen[:8]) == sorted(set(seen[:8])) and len(seen) == 8
+    n = dls.train.n
+    first_pass = [i for _ in range(-(-n // 4)) for i in dls.train.get_idxs()]
+    assert set(first_pass) == set(range(n)) or len(set(first_pass[:n])) == n
+
+
+def test_dull_photos_are_left_out(photo_dir):
+    from colorgan.data import photo_colorfulness
+    dls = photo_dls(photo_dir, size=32, bs=2, valid_pct=0.25, augment=False, num_workers=1)
+    cf = photo_colorfulness(dls.train.dataset)
+    threshold = float(sorted(cf)[len(cf) // 2])
+    fewer = photo_dls(photo_dir, size=32, bs=2, valid_pct=0.25, augment=False, num_workers=1,
+                      min_colorfulness=threshold)
+    assert len(fewer.train.dataset) == int((cf >= threshold).sum()) < len(cf)
+    assert photo_colorfulness(fewer.train.dataset).min() >= threshold

@@ -165,3 +165,17 @@ def test_fp16_scaler_skips_an_overflow_and_resumes_from_its_scale(photo_dir, tmp
                         lambda self: (fit_start(self), starts.append(self.learn.scaler.get_scale())))
     pretrain(photo_dir, run, resume=True)
     assert starts == [saved]
+
+
+@pytest.mark.slow
+def test_gan_stage_in_bf16_interrupted_and_resumed(photo_dir, tmp_path):
+    "Stage two through the GPU's code path on the CPU: bf16 autocast, a checkpoint, --resume onto the same state."
+    stage_one = tmp_path / "g"
+    pretrain(photo_dir, stage_one, recipe=tiny_recipe(model={"pretrained": False}))
+    run, recipe = tmp_path / "gan", tiny_recipe(critic={"n_filters": 8}, learner={"precision": "bf16"},
+                                                fit={"n_epoch": 2})
+    from colorgan.train import gan_finetune
+    interrupted(gan_finetune, photo_dir, stage_one, run, recipe=recipe)
+    learn = gan_finetune(photo_dir, stage_one, run, resume=True)
+    assert learn.policy.precision == "bf16" and learn.conditional_gan.amp_dtype == torch.bfloat16
+    assert [row.split(",")[0] for row in (run / "history.csv").read_text().splitlines()[1:]] == ["0", "1"]

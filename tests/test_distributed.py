@@ -23,6 +23,7 @@ def _tool(name):
     return shutil.which(name) or str(Path(sys.executable).parent / name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", LAUNCHERS)
 def test_two_gloo_ranks_train_both_stages_identically(photo_dir, tmp_path, launcher):
     command = LAUNCHERS[launcher]

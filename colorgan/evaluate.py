@@ -27,8 +27,8 @@ PROTOCOL = ("short side resized to {size} px and centre-cropped to {size}x{size}
             "size {render} and saved as 8-bit RGB; PSNR and SSIM on RGB in [0,1] (data range 1, SSIM with a "
             "Gaussian window sigma 1.5 as Wang et al.), mean CIEDE2000 over pixels, colourfulness M3 of Hasler and "
             "Suesstrunk (absolute opponent channels, 0-255 scale); delta_cf = |mean colourfulness of originals - "
-            "mean colourfulness of predictions|; false_color = share of pixels whose CIELAB chroma exceeds the original's "
-            "by more than {excess:g}; lightness_drift = mean |L(prediction) - L(original)| in CIELAB units")
+            "mean colourfulness of predictions|; false_color = share of pixels whose CIELAB chroma exceeds the "
+            "original's by more than {excess:g}; lightness_drift = mean |L(prediction) - L(original)| in CIELAB units")
 METRICS = ("psnr", "ssim", "ciede2000", "colorfulness", "false_color", "lightness_drift")
 
 
@@ -88,7 +88,8 @@ def evaluate(model: str | os.PathLike | None, data: str | os.PathLike, out: str 
             grid = grid_image([preds.get("gray", gray_rgb(norm_l(rgb_to_lab(real)[:, :1]))),
                                *[p for n, p in preds.items() if n != "gray"], real])
     render = colorizer.render_size if colorizer else "-"
-    result = {"protocol": PROTOCOL.format(size=size, render=render, excess=FALSE_COLOR_CHROMA), "data": str(data), "n_images": len(idx),
+    protocol = PROTOCOL.format(size=size, render=render, excess=FALSE_COLOR_CHROMA)
+    result = {"protocol": protocol, "data": str(data), "n_images": len(idx),
               "model": str(model) if model is not None else None,
               "results": {name: _summary(r) for name, r in rows.items()}}
     _write(Path(out), result, rows, grid)

@@ -100,7 +100,7 @@ class ConditionalGAN(Callback):
 
     def _generator_loss(self):
         self._log("loss_G_L1", self.loss)
-        if self.n_batches < self.warmup and not self.probing:  # critic alone: judge, step, and leave the generator untouched
+        if self.n_batches < self.warmup and not self.probing:  # critic alone: the generator is left untouched
             self._critic_step()
             raise CancelBatchException()
         self.critic.requires_grad_(False)

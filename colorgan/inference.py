@@ -1,9 +1,10 @@
 """Colorize any photo at full resolution with a trained generator (either stage's artefact).
 
 As DeOldify and DDColor do it: the network predicts ab at a render size (the short side at `render_size`, as in
-training, the aspect ratio kept, each side a multiple of the network's stride 32), the chroma is upsampled to the photo's size
-and recombined with the photo's own full-resolution L. The network's memory is bounded by the render size, so a
-6000x4000 photo runs as easily as a thumbnail, and the output keeps the input's size, orientation and lightness.
+training, the aspect ratio kept, each side a multiple of the network's stride 32), the chroma is upsampled to the
+photo's size and recombined with the photo's own full-resolution L. The network's memory is bounded by the render
+size, so a 6000x4000 photo runs as easily as a thumbnail, and the output keeps the input's size, orientation and
+lightness.
 """
 from __future__ import annotations
 

@@ -205,4 +205,5 @@ def test_stage_two_writes_the_generator_its_rule_kept(photo_dir, stage_one, tmp_
     assert all(torch.equal(best[k], final[k]) for k in best)
     assert (run / "checkpoints/start.json").is_file()
     recipe = (run / "recipe.resolved.toml").read_text()
-    assert "[keep]" in recipe and "max_psnr_drop = 0.5" in recipe and "ema_decay = 0.99" in recipe and "moms = [0.5, 0.5, 0.5]" in recipe
+    for line in ("[keep]", "max_psnr_drop = 0.5", "ema_decay = 0.99", "moms = [0.5, 0.5, 0.5]"):
+        assert line in recipe, line

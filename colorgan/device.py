@@ -44,7 +44,8 @@ def resolve_device(device=None) -> torch.device:
     except (RuntimeError, TypeError) as e:
         raise ColorganError(f"unknown device '{device}': use cpu, cuda or cuda:N") from e
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ColorganError(f"device '{device}' asked for, but torch sees no CUDA GPU here: use cpu")
+        raise ColorganError(f"device '{device}' asked for, but torch sees no CUDA GPU here: use cpu (to resume a GPU "
+                            "run here: --set data.device=cpu)")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise ColorganError(f"device '{device}' asked for, but torch sees {torch.cuda.device_count()} GPU(s)")
     if device.type == "cuda" and device.index is None:

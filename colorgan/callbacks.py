@@ -116,6 +116,11 @@ class RunCheckpoint(Callback):
             sample_grid(l, pred, ab).save(tmp, format="PNG")
 
 
+def probing(learn) -> bool:
+    "Whether the fit under way only probes (`lr_find`, `get_preds`): callbacks with state of their own step aside."
+    return hasattr(learn, "lr_finder") or hasattr(learn, "gather_preds")
+
+
 class GeneratorEMA(Callback):
     """An exponential moving average of the generator's weights (`decay` per optimizer step, with the usual
     warm-up `min(decay, (1 + n) / (10 + n))` so a short run is not dominated by its start). The averaged weights
@@ -123,11 +128,11 @@ class GeneratorEMA(Callback):
     see them, and they are what the model holds after the fit. Steps aside under `lr_find`."""
     order = 64  # swaps in before RunCheckpoint (65) reads the model
 
-    def __init__(self, decay: float = 0.995):
+    def __init__(self, decay: float):
         self.decay, self.shadow, self.raw, self.n_updates = decay, None, None, 0
 
     def before_fit(self):
-        self.run = not hasattr(self.learn, "lr_finder") and not hasattr(self.learn, "gather_preds")
+        self.run = not probing(self.learn)
         if self.run and self.shadow is None:
             self.shadow = [t.detach().clone() for t in self._tensors()]
 
@@ -137,9 +142,10 @@ class GeneratorEMA(Callback):
     def after_step(self):
         self.n_updates += 1
         decay = min(self.decay, (1 + self.n_updates) / (10 + self.n_updates))
-        floats = [(s, t) for s, t in zip(self.shadow, self._tensors()) if t.is_floating_point()]
+        pairs = list(zip(self.shadow, self._tensors()))
+        floats = [(s, t) for s, t in pairs if t.is_floating_point()]
         torch._foreach_lerp_([s for s, _ in floats], [t for _, t in floats], 1 - decay)
-        for s, t in zip(self.shadow, self._tensors()):
+        for s, t in pairs:
             if not t.is_floating_point():
                 s.copy_(t)  # BatchNorm's batch counters follow the live model
 

@@ -15,7 +15,7 @@ from fastai.learner import Learner, Metric
 from torch import nn
 
 from .artifacts import _unwrap
-from .callbacks import GeneratorEMA
+from .callbacks import GeneratorEMA, probing
 from .distributed import all_reduce_sum, no_sync, sync_buffers, wrap_ddp
 from .learner import compile_model, pretrain_learner
 from .losses import ADV_LOSSES, critic_loss, generator_loss
@@ -59,7 +59,7 @@ class ConditionalGAN(Callback):
     # -- fastai events ---------------------------------------------------------------------------------------
     def before_fit(self):
         self._setup()
-        self.probing = hasattr(self.learn, "lr_finder")  # lr_find must leave the critic as it found it
+        self.probing = probing(self.learn)  # lr_find must leave the critic as it found it
         self._saved = copy.deepcopy(self.checkpoint_state()) if self.probing else None
 
     def after_fit(self):

@@ -13,6 +13,7 @@ from fastai.losses import L1LossFlat
 from fastai.optimizer import OptimWrapper
 from fastcore.foundation import L
 
+from .callbacks import probing
 from .device import DevicePolicy, resolve_policy
 from .metrics import colorfulness_metric, false_color_metric, psnr_metric
 from .models import body_head_split, build_generator
@@ -62,7 +63,7 @@ class DeviceMixedPrecision(MixedPrecision):
         self.scales = L()
 
     def after_fit(self):
-        if not hasattr(self.learn, "lr_finder"):  # lr_find's divergent steps say nothing about the real scale
+        if not probing(self.learn):  # lr_find's divergent steps say nothing about the real scale
             self.scaler_state = self.learn.scaler.state_dict()
         super().after_fit()
 

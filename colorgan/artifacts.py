@@ -22,7 +22,7 @@ __all__ = ["save_generator", "load_generator", "resolve_artifact", "ARTIFACT_NAM
 ARTIFACT_NAME, CRITIC_NAME = "generator.pth", "critic.pth"
 FORMAT = "colorgan-generator"
 FORMAT_VERSION = 1
-BUILD_KEYS = ("arch", "self_attention", "blur", "spectral_norm")
+BUILD_KEYS = ("arch", "self_attention", "blur", "spectral_norm", "width")
 
 
 def generator_meta(build: dict, size: int, stage: str, recipe: dict) -> dict:

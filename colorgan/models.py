@@ -49,13 +49,28 @@ def _load_local_weights(model: nn.Module, weights: str | os.PathLike) -> None:
     model.load_state_dict(state, strict=False)
 
 
-def _timm_model(arch: str, pretrained: bool, weights: str | None) -> nn.Module:
+def _width_kwargs(arch: str, width: float, pretrained: bool, weights: str | None) -> dict:
+    "timm keywords that scale a ResNet's channels by `width` (1.0: as published, the only width with weights)."
+    if width == 1.0:
+        return {}
+    if not 0 < width <= 1:
+        raise ColorganError(f"model width must be in (0, 1], not {width}")
+    if pretrained or weights:
+        raise ColorganError(f"model width {width} has no ImageNet weights (pretrained or a weights file): use width "
+                            f"1.0, or --no-pretrained (model.pretrained=false) to train the narrower one from scratch")
+    if not arch.startswith("resnet"):
+        raise ColorganError(f"model width applies to timm's resnets only, not '{arch}'")
+    return {"channels": tuple(max(8, round(c * width)) for c in (64, 128, 256, 512))}
+
+
+def _timm_model(arch: str, pretrained: bool, weights: str | None, width: float = 1.0) -> nn.Module:
+    narrow = _width_kwargs(arch, width, pretrained, weights)
     if weights:
         model = timm.create_model(arch, pretrained=False)
         _load_local_weights(model, weights)
         return model
     try:
-        return timm.create_model(arch, pretrained=pretrained)
+        return timm.create_model(arch, pretrained=pretrained, **narrow)
     except RuntimeError as e:
         if "Unknown model" in str(e):
             raise ColorganError(f"timm has no model called '{arch}'") from e
@@ -66,11 +81,12 @@ def _timm_model(arch: str, pretrained: bool, weights: str | None) -> nn.Module:
 
 def build_generator(arch: str = "resnet18", pretrained: bool = True, weights: str | None = None,
                     img_size: int = 256, self_attention: bool = False, blur: bool = False,
-                    spectral_norm: bool = False) -> DynamicUnet:
+                    spectral_norm: bool = False, width: float = 1.0) -> DynamicUnet:
     """A timm CNN body (one input channel: the first conv sums the RGB weights) inside fastai's DynamicUnet with
     two outputs bounded to the ab range. `weights` loads a local timm state dict instead of the hub's download.
-    `self_attention`, `blur` and `spectral_norm` are the decoder options DeOldify found useful."""
-    body = create_body(_timm_model(arch, pretrained, weights), n_in=1, pretrained=bool(pretrained or weights))
+    `self_attention`, `blur` and `spectral_norm` are the decoder options DeOldify found useful. `width` below 1
+    narrows a resnet's channels (and so the decoder's) for training from scratch: 0.25 has 1/16 of the weights."""
+    body = create_body(_timm_model(arch, pretrained, weights, width), n_in=1, pretrained=bool(pretrained or weights))
     unet = DynamicUnet(body, n_out=2, img_size=(img_size, img_size), blur=blur, self_attention=self_attention,
                        y_range=AB_RANGE, norm_type=NormType.Spectral if spectral_norm else None)
     _plain_output(unet)

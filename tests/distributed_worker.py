@@ -23,7 +23,7 @@ def recording_forward(self, x):
 torch.nn.Conv2d.forward = recording_forward
 tiny = {"data": {"size": 32, "bs": 4, "valid_pct": 0.25, "augment": True}, "fit": {"n_epoch": 2, "lr_max": 1e-3},
         "learner": {"precision": "fp32"}}
-learn = pretrain(photos, out / "g", recipe={**tiny, "model": {"pretrained": False}})
+learn = pretrain(photos, out / "g", recipe={**tiny, "model": {"pretrained": False, "width": 0.25}})
 gan = gan_finetune(photos, out / "g", out / "gan", recipe={**tiny, "critic": {"n_filters": 8}})
 rank = dist.get_rank()
 for name, net in (("generator", gan.model), ("critic", gan.conditional_gan.critic)):

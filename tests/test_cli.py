@@ -12,11 +12,12 @@ valid_pct = 0.25
 augment = false
 [model]
 pretrained = false
+width = 0.25
 [fit]
 n_epoch = 1
 lr_max = 1e-3
 """
-TINY_GAN_TOML = TINY_TOML.replace("[model]\npretrained = false\n", "[critic]\nn_filters = 8\n")
+TINY_GAN_TOML = TINY_TOML.replace("[model]\npretrained = false\nwidth = 0.25\n", "[critic]\nn_filters = 8\n")
 
 
 def run(*args):
@@ -71,7 +72,8 @@ def test_weights_option_reaches_the_model(photo_dir, tmp_path):
     weights = tmp_path / "it's resnet18.pth"
     torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), weights)
     (tmp_path / "tiny.toml").write_text(TINY_TOML)
-    r = run("pretrain", photo_dir, "--recipe", tmp_path / "tiny.toml", "--out", tmp_path / "r", "--weights", weights)
+    r = run("pretrain", photo_dir, "--recipe", tmp_path / "tiny.toml", "--out", tmp_path / "r", "--weights", weights,
+            "--set", "model.width=1.0")
     assert r.exit_code == 0, r.output
     assert "it's resnet18.pth" in (tmp_path / "r" / "recipe.resolved.toml").read_text()
 

@@ -14,7 +14,7 @@ from colorgan.learner import AdamW, DeviceMixedPrecision, pretrain_learner
 from colorgan.models import build_critic, build_generator
 from colorgan.train import pretrain
 from colorgan.utils import ColorganError
-from conftest import interrupted, tiny_recipe
+from conftest import TINY_MODEL, interrupted, tiny_recipe
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def test_inference_uses_the_same_precision_rule(monkeypatch):
     _gpu(monkeypatch, (7, 5))
     monkeypatch.setattr(device_mod, "resolve_device", lambda device=None: torch.device("cuda", 0))
     monkeypatch.setattr("colorgan.inference.resolve_device", device_mod.resolve_device)
-    net = build_generator(pretrained=False, img_size=32)
+    net = build_generator(pretrained=False, width=0.25, img_size=32)
     net.to = lambda *a, **k: net  # no GPU to move to
     assert Colorizer(net, 32).precision == "fp16"
 
@@ -66,7 +66,7 @@ def test_a_missing_gpu_is_a_clear_error():
 
 def test_the_policy_is_recorded_resolved(photo_dir, tmp_path):
     run = tmp_path / "run"
-    pretrain(photo_dir, run, recipe=tiny_recipe(model={"pretrained": False}, fit={"n_epoch": 1}))
+    pretrain(photo_dir, run, recipe=tiny_recipe(model=TINY_MODEL, fit={"n_epoch": 1}))
     text = (run / "recipe.resolved.toml").read_text()
     assert '"auto"' not in text
     for line in ('device = "cpu"', 'precision = "fp32"', "fused_adam = true", "channels_last = false",
@@ -76,7 +76,7 @@ def test_the_policy_is_recorded_resolved(photo_dir, tmp_path):
 
 def test_bf16_reaches_the_critic_as_bf16(dls):
     "Bug: the GAN callback compared str(amp_mode) with 'bf16' and ran the critic in fp16 with a scaler."
-    learn = gan_learner(dls, build_generator(pretrained=False, img_size=32), build_critic(n_filters=8),
+    learn = gan_learner(dls, build_generator(pretrained=False, width=0.25, img_size=32), build_critic(n_filters=8),
                         precision="bf16")
     gan, seen = learn.conditional_gan, []
     judge = type(gan)._judge
@@ -90,7 +90,7 @@ def test_bf16_reaches_the_critic_as_bf16(dls):
 @pytest.mark.parametrize("stage", ["pretrain", "gan"])
 def test_compile_trains_both_stages(dls, stage):
     "Bug: fastai's ToTensorBase recursed without end under torch.compile, with every backend."
-    net = build_generator(pretrained=False, img_size=32)
+    net = build_generator(pretrained=False, width=0.25, img_size=32)
     if stage == "pretrain":
         learn = pretrain_learner(dls, model=net, compile="eager")
     else:
@@ -104,8 +104,8 @@ def test_compile_trains_both_stages(dls, stage):
 def test_optimizer_state_lands_on_the_models_device(photo_dir, tmp_path, dls):
     "Bug: --resume loaded the optimizer state while the model was still on the CPU (a GPU run then failed)."
     run = tmp_path / "run"
-    interrupted(pretrain, photo_dir, run, recipe=tiny_recipe(model={"pretrained": False}, fit={"n_epoch": 2}))
-    learn = pretrain_learner(dls, pretrained=False, fused_adam=False)
+    interrupted(pretrain, photo_dir, run, recipe=tiny_recipe(model=TINY_MODEL, fit={"n_epoch": 2}))
+    learn = pretrain_learner(dls, pretrained=False, width=0.25, fused_adam=False)
     learn.dls.device = torch.device("meta")  # stands in for a GPU: no data, every tensor must follow
     load_checkpoint(learn, run)
     state = [t for s in learn.opt.state_dict()["state"].values() for t in s.values() if torch.is_tensor(t)]
@@ -115,7 +115,7 @@ def test_optimizer_state_lands_on_the_models_device(photo_dir, tmp_path, dls):
 def test_one_optimizer_on_every_device(dls):
     """fastai Adam's hyperparameters in torch's AdamW, fused or not; weight decay skips biases and norm weights;
     state written by the fused kernel loads into the plain one (a GPU checkpoint resumes on a CPU)."""
-    learns = [pretrain_learner(dls, pretrained=False, fused_adam=f, wd=0.1) for f in (True, False)]
+    learns = [pretrain_learner(dls, pretrained=False, width=0.25, fused_adam=f, wd=0.1) for f in (True, False)]
     for learn in learns:
         learn.create_opt()
         assert isinstance(learn.opt.opt, AdamW)
@@ -141,7 +141,7 @@ def test_fp16_scaler_skips_an_overflow_and_resumes_from_its_scale(photo_dir, tmp
     scale is checkpointed and a resumed run starts from it, not from 65536."""
     from colorgan import learner as learner_mod
     run = tmp_path / "run"
-    recipe = tiny_recipe(model={"pretrained": False}, learner={"precision": "fp16"}, fit={"n_epoch": 2})
+    recipe = tiny_recipe(model=TINY_MODEL, learner={"precision": "fp16"}, fit={"n_epoch": 2})
     seen = {}
     before_step = learner_mod.DeviceMixedPrecision.before_step
 
@@ -171,7 +171,7 @@ def test_fp16_scaler_skips_an_overflow_and_resumes_from_its_scale(photo_dir, tmp
 def test_gan_stage_in_bf16_interrupted_and_resumed(photo_dir, tmp_path):
     "Stage two through the GPU's code path on the CPU: bf16 autocast, a checkpoint, --resume onto the same state."
     stage_one = tmp_path / "g"
-    pretrain(photo_dir, stage_one, recipe=tiny_recipe(model={"pretrained": False}))
+    pretrain(photo_dir, stage_one, recipe=tiny_recipe(model=TINY_MODEL))
     run, recipe = tmp_path / "gan", tiny_recipe(critic={"n_filters": 8}, learner={"precision": "bf16"},
                                                 fit={"n_epoch": 2})
     from colorgan.train import gan_finetune

@@ -11,13 +11,13 @@ from colorgan.data import photo_dls
 from colorgan.gan import GAN_LOG, ConditionalGAN, gan_learner
 from colorgan.models import build_critic, build_generator
 from colorgan.train import gan_finetune, pretrain
-from conftest import interrupted, tiny_recipe
+from conftest import TINY_MODEL, interrupted, tiny_recipe
 
 
 @pytest.fixture(scope="module")
 def stage_one(photo_dir, tmp_path_factory):
     run = tmp_path_factory.mktemp("stage1") / "run"
-    pretrain(photo_dir, run, recipe=tiny_recipe(model={"pretrained": False}))
+    pretrain(photo_dir, run, recipe=tiny_recipe(model=TINY_MODEL))
     return run
 
 
@@ -33,7 +33,7 @@ def _changed(before, module):
 def learn(photo_dir):
     set_seed(0)
     dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False, num_workers=1)
-    return gan_learner(dls, build_generator(pretrained=False, img_size=32), build_critic(n_filters=8))
+    return gan_learner(dls, build_generator(pretrained=False, width=0.25, img_size=32), build_critic(n_filters=8))
 
 
 def test_one_epoch_changes_both_nets_and_keeps_the_critic_apart(learn):
@@ -77,7 +77,7 @@ def test_warmup_trains_the_critic_alone(learn):
 
 def test_frozen_encoder_stays_put(photo_dir):
     dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False, num_workers=1)
-    learn = gan_learner(dls, build_generator(pretrained=False, img_size=32), build_critic(n_filters=8),
+    learn = gan_learner(dls, build_generator(pretrained=False, width=0.25, img_size=32), build_critic(n_filters=8),
                         freeze_encoder=True)
     conv = learn.model[0][0].weight.detach().clone()
     learn.fit(1, 1e-3)
@@ -87,7 +87,7 @@ def test_frozen_encoder_stays_put(photo_dir):
 @pytest.mark.parametrize("adv_loss", ["lsgan", "hinge"])
 def test_other_adversarial_losses_train(photo_dir, adv_loss):
     dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False, num_workers=1)
-    learn = gan_learner(dls, build_generator(pretrained=False, img_size=32), build_critic(n_filters=8),
+    learn = gan_learner(dls, build_generator(pretrained=False, width=0.25, img_size=32), build_critic(n_filters=8),
                         adv_loss=adv_loss, label_smoothing=0.1, critic_steps=2)
     learn.fit(1, 1e-3)
     assert all(math.isfinite(learn.conditional_gan.epoch_mean(n)) for n in GAN_LOG)
@@ -170,7 +170,7 @@ def test_ema_weights_are_validated_and_kept(photo_dir):
     from colorgan.callbacks import GeneratorEMA
     set_seed(0)
     dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False, num_workers=1)
-    learn = gan_learner(dls, build_generator(pretrained=False, img_size=32), build_critic(n_filters=8),
+    learn = gan_learner(dls, build_generator(pretrained=False, width=0.25, img_size=32), build_critic(n_filters=8),
                         ema_decay=0.5)
     ema, seen = learn.generator_ema, {}
     swap_in = GeneratorEMA._swap_in
@@ -191,7 +191,7 @@ def test_ema_weights_are_validated_and_kept(photo_dir):
 
 def test_ema_off_validates_the_raw_weights(photo_dir):
     dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False, num_workers=1)
-    learn = gan_learner(dls, build_generator(pretrained=False, img_size=32), build_critic(n_filters=8),
+    learn = gan_learner(dls, build_generator(pretrained=False, width=0.25, img_size=32), build_critic(n_filters=8),
                         ema_decay=None)
     assert not hasattr(learn, "generator_ema")
 

@@ -21,9 +21,9 @@ from colorgan.models import build_generator
 def artefact(tmp_path_factory):
     "A tiny untrained generator saved as an artefact, with a nudge so its colours are not all gray."
     torch.manual_seed(0)
-    net = build_generator(pretrained=False, img_size=32)
+    net = build_generator(pretrained=False, width=0.25, img_size=32)
     path = tmp_path_factory.mktemp("model") / "generator.pth"
-    save_generator(net, path, generator_meta({"arch": "resnet18"}, 32, "pretrain", {}))
+    save_generator(net, path, generator_meta({"arch": "resnet18", "width": 0.25}, 32, "pretrain", {}))
     return path
 
 

@@ -8,7 +8,7 @@ from colorgan.utils import ColorganError
 
 @pytest.fixture(scope="module")
 def generator():
-    return build_generator(pretrained=False, img_size=32).eval()
+    return build_generator(pretrained=False, width=0.25, img_size=32).eval()
 
 
 @pytest.mark.parametrize("shape", [(2, 1, 64, 64), (1, 1, 64, 96), (1, 1, 50, 70)])
@@ -20,7 +20,7 @@ def test_generator_output_shape_and_range(generator, shape):
 
 
 def test_decoder_options_build_and_run():
-    g = build_generator(pretrained=False, img_size=32, self_attention=True, blur=True, spectral_norm=True)
+    g = build_generator(pretrained=False, width=0.25, img_size=32, self_attention=True, blur=True, spectral_norm=True)
     assert g(torch.randn(2, 1, 64, 64)).shape == (2, 2, 64, 64)
     assert any("weight_orig" in n for n, _ in g.named_parameters())  # spectral norm is in place
 
@@ -29,6 +29,17 @@ def test_splitter_covers_every_parameter_once(generator):
     groups = body_head_split(generator)
     assert len(groups) == 2
     assert sum(len(g) for g in groups) == len(list(generator.parameters()))
+
+
+def test_width_narrows_the_network_and_is_refused_where_no_weights_fit(generator):
+    full = build_generator(pretrained=False, img_size=32)
+    count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
+    assert count(generator) < count(full) / 10
+    assert generator[0][-1][-1].conv2.out_channels == 128  # the last stage: 512 * 0.25
+    for kwargs, msg in [({"pretrained": True}, "no ImageNet weights"), ({"width": 0.0}, r"in \(0, 1\]"),
+                        ({"arch": "efficientnet_b0"}, "resnets only")]:
+        with pytest.raises(ColorganError, match=msg):
+            build_generator(**{"pretrained": False, "width": 0.5, "img_size": 32, **kwargs})
 
 
 def test_local_weights_file_loads_and_sums_rgb(tmp_path):

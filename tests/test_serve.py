@@ -23,7 +23,8 @@ from colorgan.serve import create_app  # noqa: E402
 def artefact(tmp_path_factory):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "generator.pth"
-    save_generator(build_generator(pretrained=False, img_size=32), path, generator_meta({"arch": "resnet18"}, 32, "x", {}))
+    net = build_generator(pretrained=False, width=0.25, img_size=32)
+    save_generator(net, path, generator_meta({"arch": "resnet18", "width": 0.25}, 32, "x", {}))
     return path
 
 

@@ -10,7 +10,7 @@ from colorgan.data import photo_dls
 from colorgan.learner import pretrain_learner
 from colorgan.train import pretrain
 from colorgan.utils import ColorganError
-from conftest import interrupted, tiny_recipe
+from conftest import TINY_MODEL, interrupted, tiny_recipe
 
 
 def _l1(learn, dl):
@@ -20,7 +20,7 @@ def _l1(learn, dl):
 def test_training_lowers_l1_on_a_fixed_set(photo_dir):
     set_seed(0)
     dls = photo_dls(photo_dir, size=32, bs=2, valid_pct=0.25, augment=False, num_workers=1)
-    learn = pretrain_learner(dls, pretrained=False)
+    learn = pretrain_learner(dls, pretrained=False, width=0.25)
     fixed = dls.train.new(shuffle=False, drop_last=False)
     before = _l1(learn, fixed)
     learn.fit_one_cycle(8, 3e-3)
@@ -30,7 +30,7 @@ def test_training_lowers_l1_on_a_fixed_set(photo_dir):
 
 def test_pretrain_writes_the_run_folder(photo_dir, tmp_path):
     run = tmp_path / "run"
-    learn = pretrain(photo_dir, run, recipe=tiny_recipe(model={"pretrained": False}))
+    learn = pretrain(photo_dir, run, recipe=tiny_recipe(model=TINY_MODEL))
     for name in ["generator.pth", "recipe.resolved.toml", "history.csv", "samples/epoch_001.png",
                  "checkpoints/last.pth", "checkpoints/best.pth"]:
         assert (run / name).is_file(), name
@@ -40,7 +40,7 @@ def test_pretrain_writes_the_run_folder(photo_dir, tmp_path):
     for k, v in learn.model.state_dict().items():
         assert torch.equal(net.state_dict()[k], v.cpu()), k
     with pytest.raises(ColorganError, match="already holds a run"):
-        pretrain(photo_dir, run, recipe=tiny_recipe(model={"pretrained": False}))
+        pretrain(photo_dir, run, recipe=tiny_recipe(model=TINY_MODEL))
 
 
 def _read_history(run):
@@ -49,7 +49,7 @@ def _read_history(run):
 
 
 def test_resume_continues_from_the_saved_epoch(photo_dir, tmp_path, monkeypatch):
-    run, recipe = tmp_path / "run", tiny_recipe(model={"pretrained": False}, fit={"n_epoch": 3})
+    run, recipe = tmp_path / "run", tiny_recipe(model=TINY_MODEL, fit={"n_epoch": 3})
     interrupted(pretrain, photo_dir, run, recipe=recipe)
     first = _read_history(run)
     saved = torch.load(run / "checkpoints/last.pth", weights_only=True)
@@ -76,7 +76,7 @@ def test_resume_without_a_run_is_a_clear_error(photo_dir, tmp_path):
 def test_fused_adamw_trains_and_checkpoints(photo_dir, tmp_path):
     "The GPU's optimizer (torch's fused AdamW under fastai's OptimWrapper) also runs on CPU, and resumes."
     run = tmp_path / "run"
-    recipe = tiny_recipe(model={"pretrained": False}, learner={"fused_adam": True}, fit={"n_epoch": 1})
+    recipe = tiny_recipe(model=TINY_MODEL, learner={"fused_adam": True}, fit={"n_epoch": 1})
     learn = pretrain(photo_dir, run, recipe=recipe)
     assert type(learn.opt).__name__ == "OptimWrapper" and learn.opt.opt.defaults["fused"]
     learn = pretrain(photo_dir, run, resume=True, overrides=["fit.n_epoch=2"])
@@ -85,7 +85,7 @@ def test_fused_adamw_trains_and_checkpoints(photo_dir, tmp_path):
 
 def test_overwrite_removes_only_what_a_run_wrote(photo_dir, tmp_path):
     run = tmp_path / "run"
-    recipe = tiny_recipe(model={"pretrained": False})
+    recipe = tiny_recipe(model=TINY_MODEL)
     pretrain(photo_dir, run, recipe=recipe)
     (run / "notes.txt").write_text("mine")
     pretrain(photo_dir, run, recipe=recipe, overwrite=True)

@@ -67,14 +67,17 @@ def gan_finetune(data, generator, out, recipe, overrides, resume, overwrite):
 @click.option("--render-size", type=int, help="Network input size (default: the model's training size).")
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
 @click.option("--compare", is_flag=True, help="Also write NAME_compare (gray | colour) beside each output.")
-@click.option("--bs", default=8, show_default=True, help="Photos per network call.")
+@click.option("--saturation", type=click.FloatRange(0, 4), default=1.0, show_default=True,
+              help="Scale the predicted colour: 1 as trained, above 1 more vivid, 0 the photo's own gray.")
+@click.option("--bs", type=click.IntRange(min=1), default=8, show_default=True, help="Photos per network call.")
 @click.option("--device", help="cpu, cuda or cuda:N (default: the GPU when there is one).")
-def colorize(model, inputs, out, render_size, overwrite, compare, bs, device):
+def colorize(model, inputs, out, render_size, overwrite, compare, saturation, bs, device):
     """Colorize photos at full resolution. MODEL is a run folder or generator.pth; INPUTS are files, folders
     (recursive) and globs; outputs mirror the inputs under --out. Exit code 1 if any photo failed."""
     from .colorize import colorize_paths
     from .inference import Colorizer
-    result = colorize_paths(Colorizer.from_artifact(model, render_size, device), inputs, out, overwrite, compare, bs)
+    colorizer = Colorizer.from_artifact(model, render_size, device, saturation=saturation)
+    result = colorize_paths(colorizer, inputs, out, overwrite, compare, bs)
     for src, why in result.failed:
         click.echo(f"failed: {src}: {why}", err=True)
     click.echo(f"{len(result.written)} colorized, {len(result.skipped)} kept, {len(result.failed)} failed -> {out}")

@@ -10,8 +10,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-__all__ = ["rgb_to_lab", "lab_to_rgb", "norm_l", "denorm_l", "norm_ab", "denorm_ab", "lab_to_model",
-           "model_to_rgb", "pil_to_rgb_array", "pil_to_rgb8", "pil_to_l", "is_grayscale", "SCALINGS"]
+__all__ = ["rgb_to_lab", "lab_to_rgb", "lab_to_linear", "fit_gamut", "gamut_scale", "srgb_to_linear",
+           "linear_to_srgb", "norm_l", "denorm_l", "norm_ab", "denorm_ab", "lab_to_model",
+           "model_to_rgb", "pil_to_rgb_array", "pil_to_rgb8", "pil_to_l", "lightness_of_rgb8", "is_grayscale", "SCALINGS"]
 
 # sRGB -> XYZ (D65) and the D65 reference white, as in skimage.color.colorconv
 _XYZ_FROM_RGB = torch.tensor([[0.412453, 0.357580, 0.180423],
@@ -36,24 +37,106 @@ def _per_channel(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.to(like.device, like.dtype).view(1, 3, 1, 1)
 
 
+def _check(x: torch.Tensor, space: str) -> None:
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
+        got = f"{tuple(x.shape)} {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{space} must be a float tensor of shape (N,3,H,W), not {got}")
+
+
+def srgb_to_linear(rgb: torch.Tensor) -> torch.Tensor:
+    return torch.where(rgb > 0.04045, ((rgb.clamp(min=0.04045) + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+
+
+def linear_to_srgb(lin: torch.Tensor) -> torch.Tensor:
+    return torch.where(lin > 0.0031308, 1.055 * lin.clamp(min=0.0031308) ** (1 / 2.4) - 0.055, lin * 12.92)
+
+
+def _f(t: torch.Tensor) -> torch.Tensor:
+    "CIELAB's companding of X/Xn, Y/Yn, Z/Zn."
+    return torch.where(t > _EPS, t.clamp(min=_EPS) ** (1 / 3), _KAPPA * t + 16 / 116)
+
+
+def _f_inv(f: torch.Tensor) -> torch.Tensor:
+    return torch.where(f > 0.2068966, f ** 3, (f - 16 / 116) / _KAPPA)
+
+
 def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     "sRGB in [0,1], (N,3,H,W) -> CIELAB (L in [0,100]), same shape, device and dtype."
-    lin = torch.where(rgb > 0.04045, ((rgb.clamp(min=0.04045) + 0.055) / 1.055) ** 2.4, rgb / 12.92)
-    xyz = _mix(_XYZ_FROM_RGB, lin) / _per_channel(_WHITE_D65, rgb)
-    f = torch.where(xyz > _EPS, xyz.clamp(min=_EPS) ** (1 / 3), _KAPPA * xyz + 16 / 116)
+    _check(rgb, "rgb")
+    f = _f(_mix(_XYZ_FROM_RGB, srgb_to_linear(rgb)) / _per_channel(_WHITE_D65, rgb))
     fx, fy, fz = f.unbind(1)
     return torch.stack([116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)], 1)
 
 
-def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
-    "CIELAB (N,3,H,W) -> sRGB in [0,1], clipped to the gamut."
+def lab_to_linear(lab: torch.Tensor) -> torch.Tensor:
+    "CIELAB (N,3,H,W) -> linear sRGB, not clipped: a channel below 0 or above 1 is a colour outside sRGB."
     l, a, b = lab.unbind(1)
     fy = (l + 16) / 116
-    f = torch.stack([fy + a / 500, fy, (fy - b / 200).clamp(min=0)], 1)
-    xyz = torch.where(f > 0.2068966, f ** 3, (f - 16 / 116) / _KAPPA) * _per_channel(_WHITE_D65, lab)
-    lin = _mix(_RGB_FROM_XYZ, xyz)
-    srgb = torch.where(lin > 0.0031308, 1.055 * lin.clamp(min=0.0031308) ** (1 / 2.4) - 0.055, lin * 12.92)
-    return srgb.clamp(0, 1)
+    xyz = _f_inv(torch.stack([fy + a / 500, fy, fy - b / 200], 1)) * _per_channel(_WHITE_D65, lab)
+    return _mix(_RGB_FROM_XYZ, xyz)
+
+
+GAMUT_STEPS = 12  # bisection steps of the chroma scale: 2**-12 of the predicted chroma, under 0.04 CIELAB units
+_GAMUT_TOL = 1e-4  # linear sRGB slack: float error of colours on the gamut's surface, well under one 8-bit level
+
+
+def _outside(lin: torch.Tensor) -> torch.Tensor:
+    "(N,1,H,W): whether a linear sRGB colour has a channel outside [0,1] (beyond float slack)."
+    return (lin - 0.5).abs().amax(1, keepdim=True) > 0.5 + _GAMUT_TOL
+
+
+@torch.no_grad()
+def gamut_scale(lab: torch.Tensor, where: torch.Tensor | None = None, steps: int = GAMUT_STEPS) -> torch.Tensor:
+    """(N,1,H,W) factors in [0,1] for the chroma (L in [0,100]): 1 where the colour is in sRGB, else the largest
+    factor found by bisection that brings it inside at the same L and hue (the gray of any L is inside).
+    `where`, the (N,1,H,W) mask of colours outside, is computed when not given."""
+    scale = torch.ones_like(lab[:, :1])
+    where = _outside(lab_to_linear(lab)) if where is None else where
+    if where.any():
+        scale[where] = _bisect_chroma(*(lab[:, i:i + 1][where] for i in range(3)), steps)
+    return scale
+
+
+def _bisect_chroma(l: torch.Tensor, a: torch.Tensor, b: torch.Tensor, steps: int) -> torch.Tensor:
+    "Flat (K,) colours outside sRGB -> their chroma factors; Y is fixed by L, so each step redoes only X and Z."
+    m = _RGB_FROM_XYZ.to(l.device, l.dtype)
+    xn, _, zn = _WHITE_D65.tolist()
+    fy = (l + 16) / 116
+    y_part = m[:, 1:2] * _f_inv(fy)
+    lo, hi = torch.zeros_like(l), torch.ones_like(l)
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        lin = m[:, :1] * (xn * _f_inv(fy + mid * a / 500)) + y_part + m[:, 2:] * (zn * _f_inv(fy - mid * b / 200))
+        inside = (lin - 0.5).abs().amax(0) <= 0.5 + _GAMUT_TOL
+        lo, hi = torch.where(inside, mid, lo), torch.where(inside, hi, mid)
+    return lo
+
+
+def fit_gamut(lab: torch.Tensor) -> torch.Tensor:
+    """CIELAB -> the nearest colours sRGB can show at the same lightness and hue: L clamped to [0,100], chroma
+    reduced only where the colour lies outside sRGB (per pixel, vectorised, on the tensor's device). Per-channel
+    clipping instead changes lightness (by over 10 units on saturated predictions) and hue."""
+    return _fit_linear(lab)[0]
+
+
+def _fit_linear(lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    "(`fit_gamut(lab)`, its linear sRGB), the second conversion done only for the colours that were outside."
+    l = lab[:, :1].clamp(0, 100)
+    lab = torch.cat([l, lab[:, 1:]], 1)
+    lin = lab_to_linear(lab)
+    where = _outside(lin)
+    if where.any():
+        lab = torch.cat([l, lab[:, 1:] * gamut_scale(lab, where)], 1)
+        pixels = where[:, 0]
+        moved = lab.permute(0, 2, 3, 1)[pixels]  # (K,3)
+        lin.permute(0, 2, 3, 1)[pixels] = lab_to_linear(moved.T[None, :, :, None])[0, :, :, 0].T
+    return lab, lin
+
+
+def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
+    "CIELAB (N,3,H,W) -> sRGB in [0,1]; colours outside sRGB lose chroma at constant L and hue (`fit_gamut`)."
+    _check(lab, "lab")
+    return linear_to_srgb(_fit_linear(lab)[1].clamp(0, 1))
 
 
 def norm_l(l: torch.Tensor) -> torch.Tensor: return l / L_HALF_RANGE - L_CENTER / L_HALF_RANGE
@@ -92,7 +175,7 @@ def pil_to_rgb_array(img: Image.Image) -> np.ndarray:
     Handles RGB, RGBA, 8- and 16-bit gray, LA, palette (with transparency), CMYK and float images; 16-bit
     gray keeps its full precision. Alpha is dropped (a colorizer works on what is painted, not on coverage).
     """
-    img = ImageOps.exif_transpose(img)
+    img = exif_upright(img)
     if img.mode in _WIDE_MODES:
         return np.repeat(_wide_gray(img)[..., None], 3, axis=2)
     return np.asarray(pil_to_rgb8(img), dtype=np.float32) / 255.0
@@ -107,10 +190,36 @@ def pil_to_rgb8(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+_LEVELS = torch.arange(256, dtype=torch.float64) / 255
+_LINEAR_OF_8BIT = srgb_to_linear(_LEVELS).float().numpy()          # sRGB level -> linear light
+_L_OF_8BIT_GRAY = (116 * _f(srgb_to_linear(_LEVELS)) - 16).float().numpy()  # gray level -> CIELAB L
+_Y_FROM_RGB = _XYZ_FROM_RGB[1].float().numpy()
+
+
+def lightness_of_rgb8(rgb: np.ndarray, strip_rows: int = 256) -> torch.Tensor:
+    """uint8 sRGB (H,W,3) -> CIELAB L as (1,1,H,W) float32: L depends on Y alone, so this is one table lookup, one
+    dot product and one cube root a pixel, in strips of rows (bounded temporaries for a 12 MP photo)."""
+    h, w = rgb.shape[:2]
+    out = torch.empty(1, 1, h, w)
+    for top in range(0, h, strip_rows):
+        y = torch.from_numpy(_LINEAR_OF_8BIT[rgb[top:top + strip_rows]] @ _Y_FROM_RGB)
+        out[0, 0, top:top + strip_rows] = 116 * _f(y) - 16
+    return out
+
+
 def pil_to_l(img: Image.Image) -> torch.Tensor:
-    "Any PIL image -> its CIELAB lightness as a (1,1,H,W) float32 tensor in [0,100]."
-    rgb = torch.from_numpy(pil_to_rgb_array(img)).permute(2, 0, 1)[None]
-    return rgb_to_lab(rgb)[:, :1]
+    "Any PIL image -> its CIELAB lightness as a (1,1,H,W) float32 tensor in [0,100], EXIF orientation applied."
+    img = exif_upright(img)
+    if img.mode == "L":
+        return torch.from_numpy(_L_OF_8BIT_GRAY[np.asarray(img)])[None, None]
+    if img.mode in _WIDE_MODES:
+        return rgb_to_lab(torch.from_numpy(_wide_gray(img))[None, None].expand(1, 3, -1, -1))[:, :1]
+    return lightness_of_rgb8(np.asarray(img if img.mode == "RGB" else pil_to_rgb8(img)))
+
+
+def exif_upright(img: Image.Image) -> Image.Image:
+    "The image as its EXIF orientation says to show it; the image itself (no copy) when it is upright already."
+    return ImageOps.exif_transpose(img) if img.getexif().get(0x0112, 1) != 1 else img
 
 
 def is_grayscale(img: Image.Image | np.ndarray, tolerance: int = 6, max_fraction: float = 0.01) -> bool:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import glob
 import os
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,13 +80,38 @@ def colorize_paths(colorizer: Colorizer, inputs, out: str | os.PathLike, overwri
             todo.append((src, dest))
     if outcome.skipped:
         log.info(f"kept {len(outcome.skipped)} existing output(s); --overwrite replaces them")
-    chunks = [todo[i:i + bs] for i in range(0, len(todo), bs)]
-    for chunk in progress_bar(chunks) if len(todo) > 1 else chunks:
-        _colorize_chunk(colorizer, chunk, compare, outcome)
+    _run_chunks(colorizer, [todo[i:i + bs] for i in range(0, len(todo), bs)], compare, outcome)
     return outcome
 
 
-def _colorize_chunk(colorizer: Colorizer, chunk, compare: bool, outcome: Outcome) -> None:
+def _run_chunks(colorizer: Colorizer, chunks: list, compare: bool, outcome: Outcome) -> None:
+    """A pipeline over two threads beside the network: the next chunk is decoded and the last one encoded while
+    this one is colorized (PIL lets go of the GIL in both), so a folder keeps both cores busy; at most three
+    chunks are in memory at once."""
+    many = sum(map(len, chunks)) > 1
+    steps = progress_bar(range(len(chunks))) if many else range(len(chunks))
+    start, done, saving = time.perf_counter(), 0, None
+    with ThreadPoolExecutor(2) as pool:
+        pending = pool.submit(_read_chunk, chunks[0], outcome) if chunks else None
+        for i in steps:
+            images = pending.result()
+            pending = pool.submit(_read_chunk, chunks[i + 1], outcome) if i + 1 < len(chunks) else None
+            if images:
+                colours = colorizer.colorize([img for _, img in images])
+                if saving is not None:
+                    saving.result()
+                saving = pool.submit(_save_chunk, colorizer, images, colours, compare, outcome)
+            done += len(chunks[i])
+            if many:
+                steps.comment = f"{done / (time.perf_counter() - start):.2f} photos/s"
+        if saving is not None:
+            saving.result()
+    if many:
+        log.info(f"{done} photos in {time.perf_counter() - start:.1f} s ({done / (time.perf_counter() - start):.2f} "
+                 f"photos/s)")
+
+
+def _read_chunk(chunk, outcome: Outcome) -> list[tuple[Path, Image.Image]]:
     images = []
     for src, dest in chunk:
         try:
@@ -94,9 +121,11 @@ def _colorize_chunk(colorizer: Colorizer, chunk, compare: bool, outcome: Outcome
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             outcome.failed.append((str(src), f"cannot read: {e}"))
             log.error(f"{src}: cannot read ({e}); going on with the others")
-    if not images:
-        return
-    for (dest, img), colour in zip(images, colorizer.colorize([img for _, img in images])):
+    return images
+
+
+def _save_chunk(colorizer: Colorizer, images, colours, compare: bool, outcome: Outcome) -> None:
+    for (dest, img), colour in zip(images, colours):
         _save(colour, dest)
         outcome.written.append(dest)
         if compare:

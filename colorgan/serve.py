@@ -2,15 +2,19 @@
 `pip install colorgan[serve]`).
 
 GET / is a self-contained page (nothing loaded from the internet); POST /colorize returns the photo colorized at
-full resolution as PNG; POST /check says whether an image is grayscale; GET /health; OpenAPI at /openapi.json.
-Inference runs in a worker thread, one request at a time on the model, so the event loop keeps answering.
+full resolution as PNG, with an X-Colorgan-Render id; POST /render re-renders that photo at another saturation
+without the model or a new upload (the last few photos are kept in memory); POST /check says whether an image is
+grayscale; GET /health; OpenAPI at /openapi.json. Inference runs in a worker thread, one request at a time on the
+model, so the event loop keeps answering.
 """
 
 import asyncio
 import io
 import logging
+import secrets
 import threading
 import warnings
+from collections import OrderedDict
 from importlib.resources import files
 
 from PIL import Image
@@ -23,6 +27,7 @@ __all__ = ["create_app", "serve", "MAX_BYTES", "MAX_PIXELS"]
 
 MAX_BYTES = 20 * 2 ** 20   # request size limit
 MAX_PIXELS = 64_000_000    # larger images are refused as possible decompression bombs
+KEPT_RENDERS = 4           # photos kept for /render: their full-res L and low-res ab, 48 MB for 12 MP
 log = logging.getLogger("colorgan.serve")
 
 
@@ -97,15 +102,25 @@ def create_app(model, render_size: int | None = None, max_bytes: int = MAX_BYTES
     app.add_middleware(BodyLimit, max_bytes=max_bytes)
     page = files("colorgan").joinpath("static/index.html").read_text()
 
-    def run_model(img: Image.Image, size: int | None) -> bytes:
+    renders: OrderedDict[str, tuple] = OrderedDict()
+
+    def run_model(img: Image.Image, size: int | None, saturation: float) -> tuple[str, bytes]:
         with model_lock:
             default, colorizer.render_size = colorizer.render_size, size or colorizer.render_size
             try:
-                out = colorizer(img)
+                l = colorizer.lightness(img)
+                ab = colorizer.predict_ab([l])[0]
             finally:
                 colorizer.render_size = default
+            key = secrets.token_urlsafe(12)
+            renders[key] = (l, ab)
+            while len(renders) > KEPT_RENDERS:
+                renders.popitem(last=False)
+        return key, render(l, ab, saturation)
+
+    def render(l, ab, saturation: float) -> bytes:
         buf = io.BytesIO()
-        out.save(buf, format="PNG")
+        Image.fromarray(colorizer.combine(l, ab, saturation)).save(buf, format="PNG")
         return buf.getvalue()
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -117,15 +132,25 @@ def create_app(model, render_size: int | None = None, max_bytes: int = MAX_BYTES
         return {"status": "ok", "device": str(colorizer.device), "render_size": colorizer.render_size}
 
     @app.post("/colorize", responses={200: {"content": {"image/png": {}}}})
-    async def colorize(image: UploadFile = File(...), render_size: int | None = Form(None, ge=32, le=2048)):
-        "The uploaded photo colorized at full resolution, as PNG."
+    async def colorize(image: UploadFile = File(...), render_size: int | None = Form(None, ge=32, le=2048),
+                       saturation: float = Form(1.0, ge=0, le=4)):
+        """The uploaded photo colorized at full resolution, as PNG; its X-Colorgan-Render header names it for
+        /render."""
         img = _open_image(await image.read())
         try:
-            png = await asyncio.to_thread(run_model, img, render_size)
+            key, png = await asyncio.to_thread(run_model, img, render_size, saturation)
         except Exception:
             log.exception("colorize failed")
             raise HTTPException(500, "colorizing failed inside the model; the server log has the details") from None
-        return Response(png, media_type="image/png")
+        return Response(png, media_type="image/png", headers={"X-Colorgan-Render": key})
+
+    @app.post("/render", responses={200: {"content": {"image/png": {}}}})
+    async def rerender(render_id: str = Form(...), saturation: float = Form(1.0, ge=0, le=4)):
+        "A photo colorized by /colorize, rendered again at another saturation (no model call, no upload)."
+        kept = renders.get(render_id)
+        if kept is None:
+            raise HTTPException(404, f"no photo kept under that id (the last {KEPT_RENDERS} are): upload it again")
+        return Response(await asyncio.to_thread(render, *kept, saturation), media_type="image/png")
 
     @app.post("/check")
     async def check(image: UploadFile = File(...)):

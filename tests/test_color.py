@@ -47,10 +47,51 @@ def test_batched_round_trip_on_random_images():
     assert (color.lab_to_rgb(color.rgb_to_lab(rgb)) - rgb).abs().max() < 1e-3
 
 
-def test_lab_to_rgb_clips_out_of_gamut():
-    lab = torch.tensor([100.0, 127.0, -128.0]).view(1, 3, 1, 1).expand(1, 3, 2, 2)
+lab_arrays = arrays(np.float64, st.tuples(st.integers(1, 6), st.integers(1, 6), st.just(3)),
+                    elements=st.floats(-128, 128, allow_nan=False, width=32))
+
+
+def _hue(lab):
+    return torch.atan2(lab[:, 2], lab[:, 1])
+
+
+@settings(max_examples=300, deadline=None)
+@given(lab_arrays)
+def test_out_of_gamut_colours_keep_lightness_and_hue_and_lose_only_the_chroma_they_must(raw):
+    lab = to_t(raw)
+    lab[:, 0] = (lab[:, 0] + 128) / 2.56  # L in [0, 100]; a and b anywhere in [-128, 128]
     rgb = color.lab_to_rgb(lab)
     assert rgb.min() >= 0 and rgb.max() <= 1
+    back = color.rgb_to_lab(rgb)
+    assert (back[:, 0] - lab[:, 0]).abs().max() < 0.1
+    rgb8 = torch.round(rgb * 255) / 255
+    assert (color.rgb_to_lab(rgb8)[:, 0] - lab[:, 0]).abs().max() < 1.0
+    chroma = back[:, 1:].norm(dim=1)
+    turn = (_hue(back) - _hue(lab) + np.pi) % (2 * np.pi) - np.pi
+    assert (turn.abs() * (chroma > 5)).max() < 0.05  # radians
+    fitted = color.fit_gamut(lab)
+    assert (fitted[:, 1:].norm(dim=1) <= lab[:, 1:].norm(dim=1) + 1e-4).all()
+    moved = (fitted - lab).abs().amax(1) > 1e-3
+    hue = lab[:, 1:] / lab[:, 1:].norm(dim=1, keepdim=True).clamp(min=1e-6)
+    a_bit_more = torch.cat([fitted[:, :1], fitted[:, 1:] + 0.5 * hue], 1)  # half a CIELAB unit more chroma
+    assert color._outside(color.lab_to_linear(a_bit_more))[:, 0][moved].all()  # on the gamut's surface
+
+
+def test_colours_inside_srgb_are_unchanged_and_clipping_would_have_moved_lightness():
+    lab = color.rgb_to_lab(torch.rand(2, 3, 16, 16))
+    assert torch.equal(color.gamut_scale(lab), torch.ones_like(lab[:, :1]))
+    assert (color.fit_gamut(lab) - lab).abs().max() < 1e-4
+    bright_red = torch.tensor([95.0, 120.0, 120.0]).view(1, 3, 1, 1)
+    clipped = color.linear_to_srgb(color.lab_to_linear(bright_red).clamp(0, 1))
+    assert (color.rgb_to_lab(clipped)[0, 0] - 95).abs() > 30  # what per-channel clipping did
+    assert (color.rgb_to_lab(color.lab_to_rgb(bright_red))[0, 0] - 95).abs() < 0.1
+
+
+@pytest.mark.parametrize("bad", [torch.rand(3, 4, 4), torch.rand(1, 2, 4, 4), torch.zeros(1, 3, 2, 2, dtype=torch.uint8)])
+def test_colour_functions_name_a_wrong_shape_or_dtype(bad):
+    for fn in (color.rgb_to_lab, color.lab_to_rgb):
+        with pytest.raises(ValueError, match=r"shape \(N,3,H,W\)"):
+            fn(bad)
 
 
 def test_scalings_ranges_and_inverses():

@@ -15,6 +15,7 @@ from colorgan.color import pil_to_l
 from colorgan.inference import Colorizer, render_shape
 from colorgan.metrics import ciede2000, colorfulness, psnr, ssim
 from colorgan.models import build_generator
+from colorgan.utils import ColorganError
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +67,54 @@ def test_luminance_is_kept(colorizer, astronaut):
 def test_input_kinds(colorizer, astronaut, make):
     out = colorizer(make(astronaut))
     assert out.mode == "RGB" and out.size == astronaut.size
+
+
+class AtTheBounds(torch.nn.Module):
+    "A generator that predicts the most extreme chroma it can, everywhere: a and b at +-1 in a checkerboard."
+    def forward(self, x):
+        n, _, h, w = x.shape
+        yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        signs = torch.stack([(-1.0) ** (yy // 4), (-1.0) ** (xx // 4)])
+        return signs.expand(n, 2, h, w).to(x.dtype)
+
+
+@pytest.mark.parametrize("make", [
+    lambda im: im.convert("L"), lambda im: im, lambda im: im.convert("CMYK"),
+    lambda im: _as(Image.fromarray((np.asarray(im.convert("L"), dtype=np.uint16) * 257)), "PNG"),
+], ids=["gray", "colour", "cmyk", "16-bit"])
+@pytest.mark.parametrize("saturation", [1.0, 3.0])
+def test_lightness_is_kept_at_every_pixel_whatever_the_model_predicts(astronaut, make, saturation):
+    img = make(astronaut)
+    out = Colorizer(AtTheBounds(), render_size=32, device="cpu", saturation=saturation)(img)
+    drift = (pil_to_l(out) - pil_to_l(img)).abs()
+    assert drift.max() < 1.0, f"max |dL| {drift.max():.2f}"  # per-channel clipping moved it by over 10
+    assert colorfulness(torch.from_numpy(np.asarray(out)).permute(2, 0, 1)[None] / 255.0) > 20
+
+
+def test_saturation_zero_gives_the_gray_photo_back_and_more_saturation_more_colour(colorizer, astronaut):
+    gray = astronaut.convert("L")
+    colorizer.saturation = 0.0
+    try:
+        back = np.asarray(colorizer(gray))
+        assert (back == np.asarray(gray)[..., None]).all()
+        cf = {}
+        for s in (0.5, 1.0, 2.0):
+            colorizer.saturation = s
+            cf[s] = colorfulness(torch.from_numpy(np.asarray(colorizer(gray))).permute(2, 0, 1)[None] / 255.0)
+        assert cf[0.5] < cf[1.0] < cf[2.0]
+    finally:
+        colorizer.saturation = 1.0
+    with pytest.raises(ColorganError, match="saturation"):
+        colorizer.saturation = -1
+
+
+def test_a_batch_gives_what_one_by_one_gives_for_any_strip_height(artefact, astronaut):
+    photos = [astronaut, astronaut.convert("L").resize((70, 50)), astronaut.rotate(90, expand=True)]
+    one_by_one = [np.asarray(Colorizer.from_artifact(artefact, device="cpu")(p)) for p in photos]
+    for rows in (7, 256):
+        batch = Colorizer.from_artifact(artefact, device="cpu")
+        batch.strip_rows = rows
+        assert all((np.asarray(a) == b).all() for a, b in zip(batch.colorize(photos), one_by_one))
 
 
 def test_exif_rotation_is_applied(colorizer, astronaut):

@@ -1,9 +1,11 @@
 import io
+import os
 import shutil
 import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,6 +49,26 @@ def test_colorize_returns_full_resolution_png(client, astronaut):
     assert r.status_code == 200
 
 
+def test_render_changes_saturation_without_a_new_upload(client, astronaut):
+    gray = astronaut.convert("L")
+    r = client.post("/colorize", files={"image": ("a.png", _png(gray), "image/png")}, data={"saturation": "1.5"})
+    assert r.status_code == 200
+    key = r.headers["X-Colorgan-Render"]
+    spread = {}
+    for saturation in ("0", "1", "1.5"):
+        again = client.post("/render", data={"render_id": key, "saturation": saturation})
+        assert again.status_code == 200
+        rgb = np.asarray(Image.open(io.BytesIO(again.content)), dtype=np.int16)
+        spread[saturation] = float((rgb.max(-1) - rgb.min(-1)).mean())
+        if saturation == "1.5":
+            assert again.content == r.content  # the same photo, rendered again from what was kept
+    assert spread["0"] == 0 and (np.asarray(Image.open(io.BytesIO(client.post(
+        "/render", data={"render_id": key, "saturation": "0"}).content)))[..., 0] == np.asarray(gray)).all()
+    assert spread["0"] < spread["1"] < spread["1.5"]
+    assert client.post("/render", data={"render_id": "nope", "saturation": "1"}).status_code == 404
+    assert client.post("/render", data={"render_id": key, "saturation": "9"}).status_code == 422
+
+
 def test_check_tells_gray_from_colour(client, astronaut):
     gray = client.post("/check", files={"image": ("g.png", _png(astronaut.convert("L")), "image/png")}).json()
     colour = client.post("/check", files={"image": ("c.png", _png(astronaut), "image/png")}).json()
@@ -73,7 +95,7 @@ def test_decompression_bomb_is_refused(client):
 def test_model_failure_is_a_500_without_a_trace(artefact, astronaut, monkeypatch):
     app = create_app(artefact, device="cpu")
     from colorgan.inference import Colorizer
-    monkeypatch.setattr(Colorizer, "__call__", lambda self, img: 1 / 0)
+    monkeypatch.setattr(Colorizer, "predict_ab", lambda self, lightness: 1 / 0)
     r = TestClient(app, raise_server_exceptions=False).post(
         "/colorize", files={"image": ("a.png", _png(astronaut), "image/png")})
     assert r.status_code == 500 and "Traceback" not in r.text and "ZeroDivision" not in r.text
@@ -126,20 +148,64 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
-def test_browser_uploads_a_photo_and_sees_it_colorized(live_server, astronaut, tmp_path):
+def test_browser_page_states_empty_busy_refused_and_compared(live_server, astronaut, tmp_path):
+    """Each state of the page, checked in its DOM and kept as a headless-Chromium screenshot in tmp_path (or in
+    $COLORGAN_SCREENSHOTS): empty, busy, a refused file, the before/after comparison, a re-render at saturation 0."""
     sync_api = pytest.importorskip("playwright.sync_api")
-    photo = tmp_path / "old.png"
+    shots = Path(os.environ.get("COLORGAN_SCREENSHOTS", tmp_path))
+    photo, junk = tmp_path / "old.png", tmp_path / "notes.png"
     astronaut.convert("L").save(photo)
+    junk.write_text("not an image")
     args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
             "--disable-sync", "--no-first-run", "--disable-quic"]
+    visible = "el => el.offsetParent !== null"
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
-        page = browser.new_page()
+        page = browser.new_page(viewport={"width": 900, "height": 700})
         page.goto(live_server + "/")
+        assert page.eval_on_selector("#empty", visible) and not page.eval_on_selector("#result", visible)
+        assert not page.eval_on_selector("#download", visible)  # nothing to download yet, no broken images
+        page.screenshot(path=str(shots / "1-empty.png"))
+
+        held = []
+        page.route("**/colorize", lambda route: held.append(route))  # hold the request: the page must show that it is busy
+        page.set_input_files("#file", str(junk))
+        page.wait_for_selector("#busy", state="visible")
+        assert "colorizing notes.png" in page.inner_text("#status")
+        page.screenshot(path=str(shots / "2-busy.png"))
+        held[0].continue_()
+        page.unroute("**/colorize")
+        page.wait_for_selector("#status.error")
+        assert "not an image" in page.inner_text("#status") and page.eval_on_selector("#busy", "el => el.hidden")
+        page.screenshot(path=str(shots / "3-refused.png"))
+
         page.set_input_files("#file", str(photo))
-        page.wait_for_function("document.getElementById('result').naturalWidth > 0", timeout=60000)
-        width = page.evaluate("document.getElementById('result').naturalWidth")
-        assert width == astronaut.width
-        assert page.inner_text("#status") == "done"
-        page.screenshot(path=str(tmp_path / "page.png"))
+        page.wait_for_function("document.getElementById('after').naturalWidth > 0", timeout=60000)
+        page.wait_for_function("document.getElementById('before').naturalWidth > 0")
+        assert page.evaluate("document.getElementById('after').naturalWidth") == astronaut.width
+        assert page.inner_text("#message") == "done" and not page.eval_on_selector("#empty", visible)
+        assert page.get_attribute("#download", "download") == "old_colorized.png"
+        page.fill("#split", "30")
+        assert "30%" in page.eval_on_selector("#after", "el => el.style.clipPath")
+        page.screenshot(path=str(shots / "4-compared.png"))
+
+        before = page.get_attribute("#after", "src")
+        with page.expect_response("**/render") as answer:
+            page.fill("#saturation", "0")
+            page.dispatch_event("#saturation", "change")
+        assert answer.value.status == 200
+        page.wait_for_function(f"document.getElementById('after').src !== {before!r}")
+        page.wait_for_function("document.getElementById('after').complete")
+        assert page.evaluate(GRAY_CHECK)  # saturation 0: every pixel R == G == B
+        page.screenshot(path=str(shots / "5-saturation-0.png"))
         browser.close()
+
+
+GRAY_CHECK = """() => {
+  const img = document.getElementById('after'), c = document.createElement('canvas');
+  c.width = img.naturalWidth; c.height = img.naturalHeight;
+  const ctx = c.getContext('2d'); ctx.drawImage(img, 0, 0);
+  const d = ctx.getImageData(0, 0, c.width, c.height).data;
+  for (let i = 0; i < d.length; i += 4) if (d[i] !== d[i + 1] || d[i] !== d[i + 2]) return false;
+  return true;
+}"""

@@ -60,6 +60,12 @@ def gan_finetune(data, generator, out, recipe, overrides, resume, overwrite):
     click.echo(f"done: {out}")
 
 
+ENGINE = click.option("--engine", type=click.Choice(["auto", "torch", "onnxruntime"]), default="auto",
+                      show_default=True,
+                      help="What runs the network: auto picks onnxruntime on a CPU when it is installed (faster, same "
+                           "colours), torch otherwise.")
+
+
 @main.command()
 @click.argument("model", type=click.Path())
 @click.argument("inputs", nargs=-1, required=True)
@@ -71,12 +77,13 @@ def gan_finetune(data, generator, out, recipe, overrides, resume, overwrite):
               help="Scale the predicted colour: 1 as trained, above 1 more vivid, 0 the photo's own gray.")
 @click.option("--bs", type=click.IntRange(min=1), default=8, show_default=True, help="Photos per network call.")
 @click.option("--device", help="cpu, cuda or cuda:N (default: the GPU when there is one).")
-def colorize(model, inputs, out, render_size, overwrite, compare, saturation, bs, device):
+@ENGINE
+def colorize(model, inputs, out, render_size, overwrite, compare, saturation, bs, device, engine):
     """Colorize photos at full resolution. MODEL is a run folder or generator.pth; INPUTS are files, folders
     (recursive) and globs; outputs mirror the inputs under --out. Exit code 1 if any photo failed."""
     from .colorize import colorize_paths
     from .inference import Colorizer
-    colorizer = Colorizer.from_artifact(model, render_size, device, saturation=saturation)
+    colorizer = Colorizer.from_artifact(model, render_size, device, saturation=saturation, engine=engine)
     result = colorize_paths(colorizer, inputs, out, overwrite, compare, bs)
     for src, why in result.failed:
         click.echo(f"failed: {src}: {why}", err=True)
@@ -91,11 +98,12 @@ def colorize(model, inputs, out, render_size, overwrite, compare, saturation, bs
 @click.option("--baseline", type=click.Choice(["gray"]), help="Also score the L channel alone (no colour).")
 @click.option("--render-size", type=int, help="Network input size (default: the model's training size).")
 @click.option("--device", help="cpu, cuda or cuda:N (default: the GPU when there is one).")
-def evaluate(model, data, out, baseline, render_size, device):
+@ENGINE
+def evaluate(model, data, out, baseline, render_size, device, engine):
     """Take the colour out of the colour photos in DATA, colorize them with MODEL, and compare with the originals
     (PSNR, SSIM, CIEDE2000, colourfulness, delta-CF) under a fixed, stated protocol."""
     from .evaluate import evaluate as run, format_table
-    click.echo(format_table(run(model, data, out, baseline, render_size=render_size, device=device)))
+    click.echo(format_table(run(model, data, out, baseline, render_size=render_size, device=device, engine=engine)))
 
 
 @main.command()
@@ -117,10 +125,11 @@ def export(model, onnx_path, opset):
 @click.option("--render-size", type=int, help="Network input size (default: the model's training size).")
 @click.option("--max-mb", default=20.0, show_default=True, help="Largest request accepted, in MB.")
 @click.option("--device", help="cpu, cuda or cuda:N (default: the GPU when there is one).")
-def serve(model, host, port, render_size, max_mb, device):
-    "Serve a web page and an HTTP API (POST /colorize, POST /check, GET /health) that colorize photos."
+@ENGINE
+def serve(model, host, port, render_size, max_mb, device, engine):
+    "Serve a web page and an HTTP API (POST /colorize, /render, /check; GET /health) that colorize photos."
     from .serve import serve as run
-    run(model, host, port, render_size, int(max_mb * 2 ** 20), device)
+    run(model, host, port, render_size, int(max_mb * 2 ** 20), device, engine)
 
 
 @main.command()

@@ -60,14 +60,14 @@ def _summary(rows: list[dict]) -> dict:
 
 def evaluate(model: str | os.PathLike | None, data: str | os.PathLike, out: str | os.PathLike,
              baseline: str | None = None, size: int = 256, render_size: int | None = None,
-             bs: int = 16, device=None) -> dict:
+             bs: int = 16, device=None, engine: str = "auto") -> dict:
     """Score a generator (and, with baseline='gray', the L channel alone) on the colour photos in `data`; write
     metrics.json, per_image.csv and samples.png to `out`; return the JSON's content."""
     if model is None and baseline != "gray":
         raise ColorganError("evaluate needs a MODEL, or --baseline gray to score the gray floor alone")
     if baseline not in (None, "gray"):
         raise ColorganError(f"the only baseline is 'gray', not '{baseline}'")
-    colorizer = Colorizer.from_artifact(model, render_size, device) if model is not None else None
+    colorizer = Colorizer.from_artifact(model, render_size, device, engine=engine) if model is not None else None
     photos = load_photos(find_photos(data), size)
     report([photos])
     idx = photos.usable()

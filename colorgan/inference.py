@@ -8,20 +8,24 @@ lightness.
 """
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .artifacts import load_generator
+from .artifacts import load_generator, resolve_artifact
 from .color import denorm_ab, lab_to_rgb, norm_l, pil_to_l
 from .device import resolve_device, resolve_precision
-from .utils import ColorganError
+from .photos import default_cache_dir
+from .utils import ColorganError, log
 
-__all__ = ["Colorizer", "render_shape", "STRIDE"]
+__all__ = ["Colorizer", "render_shape", "resolve_engine", "STRIDE", "ENGINES"]
 
 STRIDE = 32  # a DynamicUnet over a ResNet body halves the size 5 times
 
@@ -34,19 +38,61 @@ def render_shape(h: int, w: int, render_size: int, max_aspect: float = 3.0) -> t
     return (max(STRIDE, round(h * scale / STRIDE) * STRIDE), max(STRIDE, round(w * scale / STRIDE) * STRIDE))
 
 
+ENGINES = ("auto", "torch", "onnxruntime")
+
+
+def resolve_engine(engine: str, device: torch.device, precision: str) -> str:
+    """Which runtime runs the network. auto: onnxruntime on a CPU in fp32 when it is installed (the same colours
+    as torch, within 1e-4, and 1.4x faster there than torch channels-last: docs/performance.md), torch otherwise."""
+    if engine not in ENGINES:
+        raise ColorganError(f"engine must be one of {', '.join(ENGINES)}, not '{engine}'")
+    has_ort = importlib.util.find_spec("onnxruntime") is not None
+    if engine == "auto":
+        return "onnxruntime" if device.type == "cpu" and precision == "fp32" and has_ort else "torch"
+    if engine == "onnxruntime" and (device.type != "cpu" or precision != "fp32"):
+        raise ColorganError(f"the onnxruntime engine runs on the CPU in fp32 here, not on {device} in {precision}: "
+                            f"use --engine torch")
+    if engine == "onnxruntime" and not has_ort:
+        raise ColorganError("the onnxruntime engine needs its package: pip install 'colorgan[onnx]'")
+    return engine
+
+
+def onnx_session(artifact: Path):
+    """An onnxruntime session of an artefact's generator (L in CIELAB units in, ab out), exported once, checked
+    against torch within 1e-3 and kept in the cache folder under the artefact's hash."""
+    import onnxruntime as ort
+
+    from .export import export_onnx
+    digest = hashlib.sha256(artifact.read_bytes()).hexdigest()[:24]
+    path = default_cache_dir() / "onnx" / f"generator-{digest}.onnx"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        log.info(f"exporting {artifact} for onnxruntime, once (kept in {path.parent})")
+        try:
+            export_onnx(artifact, path)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # warnings about unused initialisers are noise to a user
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 class Colorizer:
     """A trained generator as a function: PIL image in, colorized full-resolution PIL image out.
 
     `saturation` scales the predicted chroma (1.0: the model as trained, 0: the photo's own gray) before colours
     outside sRGB are brought inside at constant lightness and hue. `precision` follows the device policy (fp32 on a
-    CPU: bf16 there is faster but moves colours by about one CIELAB unit; ask for it with precision='bf16').
-    The network runs channels-last under inference mode, measured fastest on CPU (docs/performance.md)."""
+    CPU: bf16 there is faster but moves colours by about half a CIELAB unit; ask for it with precision='bf16').
+    torch runs the network channels-last under inference mode; `from_artifact` picks onnxruntime where it is
+    faster (`resolve_engine`)."""
     def __init__(self, model: torch.nn.Module, render_size: int = 256, device=None, strip_rows: int = 256,
                  precision: str = "auto", saturation: float = 1.0):
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)  # the device policy's choice, as in training
         self.model = model.to(self.device).eval().to(memory_format=torch.channels_last)
         self.render_size, self.strip_rows, self.saturation = render_size, strip_rows, saturation
+        self.engine, self.session = "torch", None
 
     @property
     def saturation(self) -> float:
@@ -60,10 +106,14 @@ class Colorizer:
 
     @classmethod
     def from_artifact(cls, path: str | os.PathLike, render_size: int | None = None, device=None,
-                      saturation: float = 1.0) -> "Colorizer":
-        "From a run folder or generator.pth; the render size defaults to the model's training size."
+                      saturation: float = 1.0, engine: str = "auto") -> "Colorizer":
+        """From a run folder or generator.pth; the render size defaults to the model's training size; `engine`:
+        auto, torch or onnxruntime (`resolve_engine`)."""
         model, meta = load_generator(path)
-        return cls(model, render_size or meta["size"], device, saturation=saturation)
+        colorizer = cls(model, render_size or meta["size"], device, saturation=saturation)
+        if resolve_engine(engine, colorizer.device, colorizer.precision) == "onnxruntime":
+            colorizer.session, colorizer.engine = onnx_session(resolve_artifact(path)), "onnxruntime"
+        return colorizer
 
     def __call__(self, img: Image.Image) -> Image.Image:
         return self.colorize([img])[0]
@@ -81,13 +131,18 @@ class Colorizer:
         out: list[torch.Tensor | None] = [None] * len(small)
         for shape in {s.shape[-2:] for s in small}:
             idx = [i for i, s in enumerate(small) if s.shape[-2:] == shape]
-            batch = norm_l(torch.cat([small[i] for i in idx]).to(self.device)).contiguous(
-                memory_format=torch.channels_last)
-            with self._autocast():
-                ab = denorm_ab(self.model(batch).float()).cpu()
+            ab = self._network(torch.cat([small[i] for i in idx]))
             for j, i in enumerate(idx):
                 out[i] = ab[j:j + 1]
         return out
+
+    def _network(self, l: torch.Tensor) -> torch.Tensor:
+        "L (N,1,h,w) in CIELAB units -> ab in CIELAB units, on the CPU."
+        if self.session is not None:
+            return torch.from_numpy(self.session.run(None, {"L": l.numpy()})[0])
+        batch = norm_l(l.to(self.device)).contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            return denorm_ab(self.model(batch).float()).cpu()
 
     def _autocast(self):
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16

@@ -91,12 +91,14 @@ def _open_image(data: bytes) -> Image.Image:
     return img
 
 
-def create_app(model, render_size: int | None = None, max_bytes: int = MAX_BYTES, device=None):
+def create_app(model, render_size: int | None = None, max_bytes: int = MAX_BYTES, device=None,
+               engine: str = "auto"):
     "The FastAPI app for a run folder or generator.pth (or a ready Colorizer)."
     from fastapi import FastAPI, File, Form, HTTPException, UploadFile
     from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-    colorizer = model if isinstance(model, Colorizer) else Colorizer.from_artifact(model, render_size, device)
+    colorizer = (model if isinstance(model, Colorizer)
+                 else Colorizer.from_artifact(model, render_size, device, engine=engine))
     model_lock = threading.Lock()  # one request at a time on the model: safe on one GPU
     app = FastAPI(title="colorgan", description="Colorize black-and-white photos.", version=_version())
     app.add_middleware(BodyLimit, max_bytes=max_bytes)
@@ -129,7 +131,8 @@ def create_app(model, render_size: int | None = None, max_bytes: int = MAX_BYTES
 
     @app.get("/health")
     def health():
-        return {"status": "ok", "device": str(colorizer.device), "render_size": colorizer.render_size}
+        return {"status": "ok", "device": str(colorizer.device), "engine": colorizer.engine,
+                "render_size": colorizer.render_size}
 
     @app.post("/colorize", responses={200: {"content": {"image/png": {}}}})
     async def colorize(image: UploadFile = File(...), render_size: int | None = Form(None, ge=32, le=2048),
@@ -171,10 +174,10 @@ def _version() -> str:
 
 
 def serve(model, host: str = "127.0.0.1", port: int = 8000, render_size: int | None = None,
-          max_bytes: int = MAX_BYTES, device=None) -> None:
+          max_bytes: int = MAX_BYTES, device=None, engine: str = "auto") -> None:
     "Run the app on uvicorn until interrupted."
     try:
         import uvicorn
     except ImportError:
         raise ColorganError("colorgan serve needs its extra: pip install 'colorgan[serve]'") from None
-    uvicorn.run(create_app(model, render_size, max_bytes, device), host=host, port=port)
+    uvicorn.run(create_app(model, render_size, max_bytes, device, engine), host=host, port=port)

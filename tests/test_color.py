@@ -87,7 +87,8 @@ def test_colours_inside_srgb_are_unchanged_and_clipping_would_have_moved_lightne
     assert (color.rgb_to_lab(color.lab_to_rgb(bright_red))[0, 0] - 95).abs() < 0.1
 
 
-@pytest.mark.parametrize("bad", [torch.rand(3, 4, 4), torch.rand(1, 2, 4, 4), torch.zeros(1, 3, 2, 2, dtype=torch.uint8)])
+@pytest.mark.parametrize("bad", [torch.rand(3, 4, 4), torch.rand(1, 2, 4, 4),
+                                 torch.zeros(1, 3, 2, 2, dtype=torch.uint8)])
 def test_colour_functions_name_a_wrong_shape_or_dtype(bad):
     for fn in (color.rgb_to_lab, color.lab_to_rgb):
         with pytest.raises(ValueError, match=r"shape \(N,3,H,W\)"):

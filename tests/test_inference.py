@@ -12,7 +12,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from colorgan.artifacts import generator_meta, save_generator
 from colorgan.cli import main
 from colorgan.color import pil_to_l
-from colorgan.inference import Colorizer, render_shape
+from colorgan.inference import Colorizer, render_shape, resolve_engine
 from colorgan.metrics import ciede2000, colorfulness, psnr, ssim
 from colorgan.models import build_generator
 from colorgan.utils import ColorganError
@@ -115,6 +115,30 @@ def test_a_batch_gives_what_one_by_one_gives_for_any_strip_height(artefact, astr
         batch = Colorizer.from_artifact(artefact, device="cpu")
         batch.strip_rows = rows
         assert all((np.asarray(a) == b).all() for a, b in zip(batch.colorize(photos), one_by_one))
+
+
+def test_engines_agree_and_onnxruntime_is_exported_once(artefact, astronaut, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    ours = Colorizer.from_artifact(artefact, device="cpu", engine="onnxruntime")
+    torch_one = Colorizer.from_artifact(artefact, device="cpu", engine="torch")
+    assert (ours.engine, torch_one.engine) == ("onnxruntime", "torch")
+    l = ours.lightness(astronaut)
+    assert (ours.predict_ab([l])[0] - torch_one.predict_ab([l])[0]).abs().max() < 1e-3
+    diff = np.abs(np.asarray(ours(astronaut), dtype=int) - np.asarray(torch_one(astronaut), dtype=int))
+    assert diff.max() <= 1
+    import colorgan.export
+    monkeypatch.setattr(colorgan.export, "export_onnx", lambda *a, **k: pytest.fail("exported twice"))
+    assert Colorizer.from_artifact(artefact, device="cpu").engine == "onnxruntime"  # auto, from the cache
+
+
+def test_engine_choice_and_its_refusals():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert resolve_engine("auto", gpu, "bf16") == "torch" and resolve_engine("auto", cpu, "bf16") == "torch"
+    assert resolve_engine("torch", cpu, "fp32") == "torch"
+    with pytest.raises(ColorganError, match="engine must be one of"):
+        resolve_engine("tensorrt", cpu, "fp32")
+    with pytest.raises(ColorganError, match="--engine torch"):
+        resolve_engine("onnxruntime", gpu, "fp32")
 
 
 def test_exif_rotation_is_applied(colorizer, astronaut):

@@ -168,7 +168,7 @@ def test_browser_page_states_empty_busy_refused_and_compared(live_server, astron
         page.screenshot(path=str(shots / "1-empty.png"))
 
         held = []
-        page.route("**/colorize", lambda route: held.append(route))  # hold the request: the page must show that it is busy
+        page.route("**/colorize", lambda route: held.append(route))  # held: the page must show it is busy
         page.set_input_files("#file", str(junk))
         page.wait_for_selector("#busy", state="visible")
         assert "colorizing notes.png" in page.inner_text("#status")

@@ -16,9 +16,10 @@ import torch
 from fastprogress.fastprogress import progress_bar
 from PIL import Image
 
+from .color import exif_upright
 from .inference import Colorizer
 from .photos import IMAGE_EXTENSIONS, find_photos
-from .utils import atomic_path, log
+from .utils import ColorganError, atomic_path, log
 
 __all__ = ["colorize_paths", "expand_inputs", "Outcome"]
 
@@ -31,21 +32,45 @@ class Outcome:
 
 
 def expand_inputs(inputs, outcome: Outcome) -> list[tuple[Path, Path]]:
-    "INPUT... -> [(photo, path relative to the output folder)]: folders recursively, files, and globs."
-    pairs = []
+    """INPUT... -> [(photo, path relative to the output folder)]: folders recursively (mirrored), files (by name)
+    and globs (mirrored below the glob's fixed part). Symlinked folders are not followed, a photo named twice is
+    taken once, and photos whose outputs would collide are refused but the first, each with its reason."""
+    pairs, seen = [], set()
     for text in map(str, inputs):
-        path = Path(text)
-        if path.is_dir():
-            pairs += [(f, f.relative_to(path)) for f in find_photos(path)]
-        elif path.is_file():
-            pairs.append((path, Path(path.name)))
+        for src, rel in _expand_one(text, outcome):
+            if src.resolve() not in seen:
+                seen.add(src.resolve())
+                pairs.append((src, rel))
+    kept, first = [], {}
+    for src, rel in pairs:
+        if rel in first:
+            outcome.failed.append((str(src), f"its output {rel} would replace that of {first[rel]}: colorize "
+                                             f"them in separate runs, or give their folders or a glob"))
         else:
-            matches = [Path(m) for m in sorted(glob.glob(text, recursive=True))
-                       if Path(m).is_file() and Path(m).suffix.lower() in IMAGE_EXTENSIONS]
-            if not matches:
-                outcome.failed.append((text, "no such file, folder or matching photo"))
-            pairs += [(m, Path(m.name)) for m in matches]
-    return pairs
+            first[rel] = src
+            kept.append((src, rel))
+    return kept
+
+
+def _expand_one(text: str, outcome: Outcome) -> list[tuple[Path, Path]]:
+    path = Path(text)
+    if path.is_dir():
+        try:
+            return [(f, f.relative_to(path)) for f in find_photos(path)]
+        except ColorganError as e:  # an empty folder is that input's failure, not the command's
+            outcome.failed.append((text, str(e)))
+            return []
+    if path.is_file():
+        return [(path, Path(path.name))]
+    parts = path.parts
+    fixed = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+    root = Path(*parts[:fixed]) if fixed else Path(".")
+    matches = [] if fixed == len(parts) else [
+        m for m in sorted(root.glob(str(Path(*parts[fixed:])))) if m.suffix.lower() in IMAGE_EXTENSIONS
+        and m.is_file()]  # pathlib's ** does not descend into symlinked folders: no loops
+    if not matches:
+        outcome.failed.append((text, "no such file, folder or matching photo"))
+    return [(m, m.relative_to(root)) for m in matches]
 
 
 def _save(img: Image.Image, path: Path) -> None:
@@ -68,23 +93,27 @@ def colorize_paths(colorizer: Colorizer, inputs, out: str | os.PathLike, overwri
     "Colorize every photo that `inputs` name into `out`, mirroring their paths; see the module's doc."
     out, outcome = Path(out), Outcome()
     pairs = expand_inputs(inputs, outcome)
-    sources = {p.resolve() for p, _ in pairs}
-    todo = []
+    sources, claimed, todo = {p.resolve() for p, _ in pairs}, {(out / rel).resolve() for _, rel in pairs}, []
     for src, rel in pairs:
         dest = out / rel
-        if dest.resolve() in sources:
-            outcome.failed.append((str(src), f"refusing to overwrite an input with {dest}"))
-        elif dest.exists() and not overwrite:
+        side = dest.with_name(f"{dest.stem}_compare{dest.suffix}") if compare else None
+        writes = [dest] + ([side] if side else [])
+        inputs_hit = [p for p in writes if p.resolve() in sources]
+        if inputs_hit:
+            outcome.failed.append((str(src), f"refusing to overwrite an input with {inputs_hit[0]}"))
+        elif side is not None and side.resolve() in claimed:
+            outcome.failed.append((str(src), f"its comparison {side} would replace another photo's output"))
+        elif not overwrite and any(p.exists() for p in writes):
             outcome.skipped.append(dest)
         else:
-            todo.append((src, dest))
+            todo.append((src, dest, side))
     if outcome.skipped:
         log.info(f"kept {len(outcome.skipped)} existing output(s); --overwrite replaces them")
-    _run_chunks(colorizer, [todo[i:i + bs] for i in range(0, len(todo), bs)], compare, outcome)
+    _run_chunks(colorizer, [todo[i:i + bs] for i in range(0, len(todo), bs)], outcome)
     return outcome
 
 
-def _run_chunks(colorizer: Colorizer, chunks: list, compare: bool, outcome: Outcome) -> None:
+def _run_chunks(colorizer: Colorizer, chunks: list, outcome: Outcome) -> None:
     """A pipeline over two threads beside the network: the next chunk is decoded and the last one encoded while
     this one is colorized (PIL lets go of the GIL in both), so a folder keeps both cores busy; at most three
     chunks are in memory at once."""
@@ -100,7 +129,7 @@ def _run_chunks(colorizer: Colorizer, chunks: list, compare: bool, outcome: Outc
                 colours = colorizer.colorize([img for _, img in images])
                 if saving is not None:
                     saving.result()
-                saving = pool.submit(_save_chunk, colorizer, images, colours, compare, outcome)
+                saving = pool.submit(_save_chunk, colorizer, images, colours, outcome)
             done += len(chunks[i])
             if many:
                 steps.comment = f"{done / (time.perf_counter() - start):.2f} photos/s"
@@ -111,22 +140,23 @@ def _run_chunks(colorizer: Colorizer, chunks: list, compare: bool, outcome: Outc
                  f"photos/s)")
 
 
-def _read_chunk(chunk, outcome: Outcome) -> list[tuple[Path, Image.Image]]:
+def _read_chunk(chunk, outcome: Outcome) -> list[tuple[tuple[Path, Path | None], Image.Image]]:
+    "Decode a chunk's photos, upright; any failure is that photo's, counted and named, never the command's."
     images = []
-    for src, dest in chunk:
+    for src, dest, side in chunk:
         try:
             with Image.open(src) as img:
                 img.load()
-                images.append((dest, img))
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            outcome.failed.append((str(src), f"cannot read: {e}"))
+                images.append(((dest, side), exif_upright(img)))
+        except Exception as e:  # noqa: BLE001  a malformed EXIF block raises struct.error, a bomb its own error
+            outcome.failed.append((str(src), f"cannot read: {type(e).__name__}: {e}"))
             log.error(f"{src}: cannot read ({e}); going on with the others")
     return images
 
 
-def _save_chunk(colorizer: Colorizer, images, colours, compare: bool, outcome: Outcome) -> None:
-    for (dest, img), colour in zip(images, colours):
+def _save_chunk(colorizer: Colorizer, images, colours, outcome: Outcome) -> None:
+    for ((dest, side), img), colour in zip(images, colours):
         _save(colour, dest)
         outcome.written.append(dest)
-        if compare:
-            _save(_side_by_side(colorizer, img, colour), dest.with_name(f"{dest.stem}_compare{dest.suffix}"))
+        if side is not None:
+            _save(_side_by_side(colorizer, img, colour), side)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from .color import is_grayscale, pil_to_rgb8
+from .color import exif_upright, is_grayscale, pil_to_rgb8
 from .utils import ColorganError, atomic_path, log, short_list
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
@@ -42,9 +42,9 @@ def decode_photo(path: str | os.PathLike, size: int) -> tuple[str, np.ndarray | 
     try:
         with Image.open(path) as img:
             img.draft("RGB", (size, size))  # JPEG: decode at the smallest scale that still covers `size`
-            img = ImageOps.exif_transpose(img)
+            img = exif_upright(img)
             rgb = ImageOps.fit(pil_to_rgb8(img), (size, size), Image.Resampling.BICUBIC)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+    except Exception:  # noqa: BLE001  whatever one photo raises (a malformed EXIF block: struct.error) is its own
         return UNREADABLE, None
     arr = np.asarray(rgb, dtype=np.uint8)
     return (GRAY if is_grayscale(arr) else OK), arr

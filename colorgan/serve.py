@@ -19,7 +19,7 @@ from importlib.resources import files
 
 from PIL import Image
 
-from .color import is_grayscale
+from .color import exif_upright, is_grayscale
 from .inference import Colorizer
 from .utils import ColorganError
 
@@ -84,9 +84,10 @@ def _open_image(data: bytes) -> Image.Image:
             if img.width * img.height > MAX_PIXELS:
                 raise Image.DecompressionBombError(f"{img.width}x{img.height}")
             img.load()
+            img = exif_upright(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise HTTPException(413, f"image has too many pixels (over {MAX_PIXELS:,}): {e}") from None
-    except (OSError, ValueError, SyntaxError):
+    except Exception:  # noqa: BLE001  any decoding failure (a malformed EXIF block: struct.error) is the upload's
         raise HTTPException(415, "the upload is not an image this server can read") from None
     return img
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -51,6 +50,8 @@ def prepare_run(out, recipe, overrides, schema: dict, resume: bool, overwrite: b
     if resume:
         if not (run / RECIPE_NAME).is_file():
             raise ColorganError(f"nothing to resume in {run}: it has no {RECIPE_NAME}")
+        if is_main_process():
+            clear_stale_temporaries(run)
         return load_recipe(run / RECIPE_NAME, schema, overrides)
     resolved = load_recipe(recipe, schema, overrides)
     if (run / ARTIFACT_NAME).exists() or (run / LAST).exists():
@@ -66,17 +67,50 @@ def prepare_run(out, recipe, overrides, schema: dict, resume: bool, overwrite: b
     return resolved
 
 
-RUN_FILES = (ARTIFACT_NAME, CRITIC_NAME, RECIPE_NAME, "history.csv", "checkpoints", "samples")
+RUN_FILES = (ARTIFACT_NAME, CRITIC_NAME, RECIPE_NAME, "history.csv", str(LAST), str(BEST), "checkpoints/start.json")
+RUN_PATTERNS = ("samples/epoch_[0-9][0-9][0-9].png", ".*.tmp", "checkpoints/.*.tmp", "samples/.*.tmp")
+
+
+def run_files(run: Path) -> list[Path]:
+    "The files a run writes that are in `run` now (temporaries of an interrupted write included)."
+    named = [run / name for name in RUN_FILES if (run / name).is_file()]
+    return named + [p for pattern in RUN_PATTERNS for p in sorted(run.glob(pattern)) if p.is_file()]
 
 
 def clear_run(run: Path) -> None:
-    "Remove what a run wrote, and nothing else: whatever else the folder holds is the user's."
-    for name in RUN_FILES:
-        path = run / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+    """Remove the files a run wrote, and nothing else: whatever else the folder holds, in checkpoints/ and samples/
+    too, is the user's. Folders left empty go."""
+    for path in run_files(run):
+        path.unlink()
+    for folder in (run / "checkpoints", run / "samples"):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def clear_stale_temporaries(run: Path) -> None:
+    "Half-written files of a run killed in the middle of a write (hundreds of MB each); nothing reads them."
+    stale = [p for pattern in RUN_PATTERNS[1:] for p in run.glob(pattern) if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        log.info(f"removed {len(stale)} half-written file(s) of an interrupted run in {run}")
+
+
+def check_out(run: Path, data, reads: Path | None = None) -> None:
+    """Refuse an --out that would lose the user's data: inside the photo folder (its sample grids would become
+    training photos), the folder that holds the generator being read, a file, or a place that cannot be written."""
+    out, photos = run.resolve(), Path(data).resolve()
+    if out == photos or photos in out.parents:
+        raise ColorganError(f"--out {run} is inside the photo folder {data}: its checkpoints and sample grids would "
+                            f"mix with your photos; choose a folder outside it")
+    if reads is not None and reads.resolve().parent == out:
+        raise ColorganError(f"--out {run} holds the generator being read ({reads}): write stage two to another "
+                            f"folder, e.g. {run}-gan")
+    existing = next(p for p in [out, *out.parents] if p.exists())
+    if not existing.is_dir():
+        raise ColorganError(f"--out {run} cannot be made: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ColorganError(f"--out {run} cannot be written: no permission to write in {existing}")
 
 
 def run_fit(learn: Learner, run: Path, recipe: dict, meta: dict, resume: bool, cbs=(), rule=None,
@@ -103,8 +137,9 @@ def run_fit(learn: Learner, run: Path, recipe: dict, meta: dict, resume: bool, c
     return learn
 
 
-def _start(run: Path, data, recipe, overrides, schema: dict, resume: bool, overwrite: bool):
-    "What both stages do first: join the process group, resolve the recipe, seed, and load the photos."
+def _start(run: Path, data, recipe, overrides, schema: dict, resume: bool, overwrite: bool, reads=None):
+    "What both stages do first: check --out, join the process group, resolve the recipe, seed, load the photos."
+    check_out(run, data, reads)
     init_distributed()
     recipe = prepare_run(run, recipe, overrides, schema, resume, overwrite)
     set_seed(recipe["data"]["seed"])
@@ -153,8 +188,8 @@ def gan_finetune(data: str | os.PathLike, generator: str | os.PathLike, out: str
     PatchGAN, as the recipe says. Writes the same kind of run folder as `pretrain`, with critic.pth beside the
     generator artefact, and returns the Learner (its model is the generator)."""
     run, generator = Path(out), resolve_artifact(generator)  # a wrong path fails before anything else
-    recipe, dls = _start(run, data, recipe, overrides, GAN_SCHEMA, resume, overwrite)
-    net, source = load_generator(generator)
+    net, source = load_generator(generator)  # read before --overwrite may clear anything
+    recipe, dls = _start(run, data, recipe, overrides, GAN_SCHEMA, resume, overwrite, reads=generator)
     critic = build_critic(**recipe["critic"])
     learn = gan_learner(dls, net.train(), critic, path=run, **recipe["learner"], **recipe["gan"])
     _record_policy(learn, run, recipe)

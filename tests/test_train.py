@@ -87,9 +87,16 @@ def test_overwrite_removes_only_what_a_run_wrote(photo_dir, tmp_path):
     run = tmp_path / "run"
     recipe = tiny_recipe(model=TINY_MODEL)
     pretrain(photo_dir, run, recipe=recipe)
-    (run / "notes.txt").write_text("mine")
+    mine = {run / "notes.txt": "mine", run / "checkpoints" / "keep.pth": "mine too", run / "samples" / "my.png": "!"}
+    for path, text in mine.items():
+        path.write_text(text)
+    (run / "samples" / "epoch_009.png").write_bytes(b"a grid of an older run")
+    (run / "checkpoints" / ".last.pth.x1y2.tmp").write_bytes(b"a write killed half way")
+    stamp = (run / "generator.pth").stat().st_mtime_ns
     pretrain(photo_dir, run, recipe=recipe, overwrite=True)
-    assert (run / "notes.txt").read_text() == "mine" and (run / "generator.pth").is_file()
+    assert all(path.read_text() == text for path, text in mine.items())
+    assert not (run / "samples" / "epoch_009.png").exists() and not list(run.rglob(".*.tmp"))
+    assert (run / "generator.pth").stat().st_mtime_ns != stamp and (run / "samples" / "epoch_001.png").is_file()
 
 
 def _record(psnr, cf, fc=0.0, real=30.0):

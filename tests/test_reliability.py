@@ -1,0 +1,132 @@
+"""Nothing a user types or owns can crash a run or be lost: each case of docs/reliability.md, tiny and on CPU.
+Data-loss cases check every user file byte for byte; error cases check the exit code and a one-line message that
+names the file or value at fault."""
+import hashlib
+import os
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from colorgan.cli import main
+
+TINY = ["--set", "data.size=32", "--set", "data.bs=4", "--set", "data.valid_pct=0.25", "--set", "data.augment=false",
+        "--set", "fit.n_epoch=1", "--set", "fit.lr_max=1e-3"]
+STAGE_ONE = TINY + ["--no-pretrained", "--set", "model.width=0.25"]
+STAGE_TWO = TINY + ["--set", "critic.n_filters=8"]
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def snapshot(*folders):
+    "Every file under `folders`, path -> sha256 of its bytes."
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for f in folders for p in sorted(f.rglob("*")) if p.is_file()}
+
+
+def one_line_error(result, *names):
+    "Exit code 1, no traceback, and a last line that names each of `names`."
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("Error: ") and all(str(n) in last for n in names), last
+    return last
+
+
+@pytest.fixture(scope="module")
+def stage_one(photo_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("s1") / "g"
+    r = run("pretrain", photo_dir, "--out", out, *STAGE_ONE)
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_stage_two_refuses_to_write_over_the_generator_it_reads(photo_dir, stage_one):
+    before = snapshot(stage_one)
+    for extra in ([], ["--overwrite"]):
+        r = run("gan-finetune", photo_dir, "--generator", stage_one, "--out", stage_one, *STAGE_TWO, *extra)
+        one_line_error(r, "holds the generator being read")
+    assert snapshot(stage_one) == before
+
+
+def test_out_inside_the_photo_folder_is_refused(photo_dir, tmp_path):
+    before = snapshot(photo_dir)
+    r = run("pretrain", photo_dir, "--out", photo_dir / "runs" / "g", *STAGE_ONE)
+    one_line_error(r, "inside the photo folder")
+    assert snapshot(photo_dir) == before and not (photo_dir / "runs").exists()
+
+
+def test_out_that_is_a_file_or_cannot_be_written(photo_dir, tmp_path, monkeypatch):
+    (tmp_path / "a_file").write_text("mine")
+    one_line_error(run("pretrain", photo_dir, "--out", tmp_path / "a_file" / "g", *STAGE_ONE), "is a file")
+    assert (tmp_path / "a_file").read_text() == "mine"
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    real_access = os.access  # CI runs as root, who may write anywhere: the folder's mode alone would not refuse
+    monkeypatch.setattr(os, "access", lambda p, mode: real_access(p, mode) and os.stat(p).st_mode & 0o200 != 0)
+    one_line_error(run("pretrain", photo_dir, "--out", locked / "g", *STAGE_ONE), "no permission", locked)
+    assert not (locked / "g").exists()
+
+
+@pytest.fixture(scope="module")
+def model(stage_one):
+    return stage_one / "generator.pth"
+
+
+def _photo(path, colour=(120, 80, 40), size=(40, 30)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path)
+    return path
+
+
+def test_compare_never_replaces_an_input_or_an_existing_file(model, tmp_path):
+    src = tmp_path / "in"
+    _photo(src / "a.png"), _photo(src / "a_compare.png", (10, 20, 30))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "b_compare.png").write_bytes(b"the user's own file")
+    _photo(tmp_path / "b.png")
+    before = snapshot(src, tmp_path / "out")
+    r = run("colorize", model, src / "a.png", src / "a_compare.png", "--out", src, "--compare")
+    assert r.exit_code == 1 and "refusing to overwrite an input" in r.output
+    r = run("colorize", model, tmp_path / "b.png", "--out", tmp_path / "out", "--compare")
+    assert r.exit_code == 0 and "1 kept" in r.output
+    assert snapshot(src, tmp_path / "out") == before
+
+
+def test_photos_that_share_a_name_never_overwrite_each_other(model, tmp_path):
+    a, b = _photo(tmp_path / "a" / "x.png", (200, 10, 10)), _photo(tmp_path / "b" / "x.png", (10, 10, 200))
+    r = run("colorize", model, a, b, "--out", tmp_path / "out")
+    assert r.exit_code == 1 and "would replace that of" in r.output and str(b) in r.output
+    assert "1 colorized" in r.output
+    r = run("colorize", model, str(tmp_path / "*" / "x.png"), "--out", tmp_path / "mirrored")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "mirrored" / "a" / "x.png").is_file() and (tmp_path / "mirrored" / "b" / "x.png").is_file()
+
+
+def test_a_glob_through_symlink_loops_ends_and_takes_each_photo_once(model, tmp_path):
+    _photo(tmp_path / "l" / "a" / "x.png")
+    (tmp_path / "l" / "a" / "loop").symlink_to("..")
+    (tmp_path / "l" / "a" / "loop2").symlink_to("../..")
+    r = run("colorize", model, str(tmp_path / "l" / "**" / "*.png"), tmp_path / "l" / "a" / "x.png",
+            "--out", tmp_path / "out")
+    assert r.exit_code == 0 and "1 colorized" in r.output, r.output
+
+
+def test_one_photo_that_cannot_be_decoded_is_its_own_failure(model, tmp_path, monkeypatch):
+    import struct
+
+    import colorgan.colorize
+    good, bad = _photo(tmp_path / "in" / "good.png"), _photo(tmp_path / "in" / "bad_exif.png")
+    (tmp_path / "empty").mkdir()
+    real = colorgan.colorize.exif_upright
+
+    def malformed(img):
+        if "bad_exif" in str(getattr(img, "filename", "")):
+            raise struct.error("unpack requires a buffer of 12 bytes")  # what a malformed EXIF block raised
+        return real(img)
+    monkeypatch.setattr(colorgan.colorize, "exif_upright", malformed)
+    r = run("colorize", model, tmp_path / "in", tmp_path / "empty", "--out", tmp_path / "out")
+    assert r.exit_code == 1 and "1 colorized" in r.output and "2 failed" in r.output, r.output
+    assert "bad_exif.png" in r.output and "unpack requires" in r.output and f"no photos in {tmp_path / 'empty'}" in r.output
+    assert (tmp_path / "out" / good.name).is_file() and not (tmp_path / "out" / bad.name).exists()

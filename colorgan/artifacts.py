@@ -14,7 +14,7 @@ from torch import nn
 from . import __version__
 from .color import SCALINGS
 from .models import build_generator
-from .utils import ColorganError, atomic_path
+from .utils import ColorganError, atomic_path, short_list
 
 __all__ = ["save_generator", "load_generator", "resolve_artifact", "ARTIFACT_NAME", "CRITIC_NAME", "generator_meta",
            "save_critic", "load_critic_state"]
@@ -77,12 +77,24 @@ def load_generator(model: str | os.PathLike, device="cpu") -> tuple[nn.Module, d
         raise ColorganError(f"{path} is not a readable colorgan artefact: {e}") from e
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise ColorganError(f"{path} is not a colorgan generator artefact (no '{FORMAT}' header)")
-    meta = blob["meta"]
+    meta, state = blob.get("meta"), blob.get("state_dict")
+    if not (isinstance(meta, dict) and isinstance(meta.get("build"), dict) and isinstance(meta.get("size"), int)
+            and isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())):
+        raise ColorganError(f"{path} has colorgan's header but not its contents (metadata with 'build' and 'size', "
+                            f"and a state dict of tensors): was it written by colorgan?")
     if meta.get("scalings") != SCALINGS:
         raise ColorganError(f"{path} was trained with other L/ab scalings {meta.get('scalings')}; this colorgan "
                             f"uses {SCALINGS}")
-    net = build_generator(pretrained=False, img_size=meta["size"], **meta["build"])
-    net.load_state_dict(blob["state_dict"])
+    broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise ColorganError(f"{path} holds NaN or infinite weights ({short_list(broken)}): the run that wrote it "
+                            f"diverged; train again with a lower fit.lr_max")
+    try:
+        net = build_generator(pretrained=False, img_size=meta["size"], **meta["build"])
+        net.load_state_dict(state)
+    except (TypeError, ValueError, RuntimeError, KeyError) as e:
+        raise ColorganError(f"{path}: its weights do not fit the network its metadata describes "
+                            f"({str(e).splitlines()[0][:200]})") from None
     return net.to(device).eval(), meta
 
 

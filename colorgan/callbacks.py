@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fastai.callback.core import Callback
+from fastai.callback.core import Callback, CancelFitException
 from fastcore.foundation import L
 
 from .artifacts import _unwrap, save_generator
@@ -14,8 +14,8 @@ from .distributed import is_main_process
 from .show import sample_grid
 from .utils import ColorganError, atomic_path, log
 
-__all__ = ["RunCheckpoint", "ReplayHistory", "GeneratorEMA", "LowestLoss", "ColourRule", "load_checkpoint",
-           "LAST", "BEST"]
+__all__ = ["RunCheckpoint", "ReplayHistory", "GeneratorEMA", "LowestLoss", "ColourRule", "StopOnNaN",
+           "load_checkpoint", "LAST", "BEST"]
 
 LAST, BEST = Path("checkpoints/last.pth"), Path("checkpoints/best.pth")
 
@@ -119,6 +119,23 @@ class RunCheckpoint(Callback):
 def probing(learn) -> bool:
     "Whether the fit under way only probes (`lr_find`, `get_preds`): callbacks with state of their own step aside."
     return hasattr(learn, "lr_finder") or hasattr(learn, "gather_preds")
+
+
+class StopOnNaN(Callback):
+    """fastai's TerminateOnNaN, with the reason kept: the fit is cancelled at the first loss that is NaN or infinite,
+    before any checkpoint of the broken weights, and `diverged` says where (the run then raises it)."""
+    order = -9  # before the recorder and the checkpoints
+
+    def before_fit(self):
+        self.diverged = None
+
+    def after_batch(self):
+        if self.training and not probing(self.learn) and not torch.isfinite(self.learn.loss).all():
+            lr = self.opt.hypers[-1]["lr"]
+            self.diverged = (f"the loss became {self.learn.loss.item()} at epoch {self.epoch + 1}, batch "
+                             f"{self.iter + 1} (learning rate {lr:.2e}): training diverged; nothing of this epoch was "
+                             f"saved. Lower fit.lr_max and start again, or --resume from the last good epoch")
+            raise CancelFitException
 
 
 class GeneratorEMA(Callback):

@@ -60,6 +60,8 @@ def gan_finetune(data, generator, out, recipe, overrides, resume, overwrite):
     click.echo(f"done: {out}")
 
 
+RENDER_SIZE = click.option("--render-size", type=click.IntRange(32, 4096),
+                           help="Network input size, 32 to 4096 (default: the model's training size).")
 ENGINE = click.option("--engine", type=click.Choice(["auto", "torch", "onnxruntime"]), default="auto",
                       show_default=True,
                       help="What runs the network: auto picks onnxruntime on a CPU when it is installed (faster, same "
@@ -70,7 +72,7 @@ ENGINE = click.option("--engine", type=click.Choice(["auto", "torch", "onnxrunti
 @click.argument("model", type=click.Path())
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the colorized photos.")
-@click.option("--render-size", type=int, help="Network input size (default: the model's training size).")
+@RENDER_SIZE
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
 @click.option("--compare", is_flag=True, help="Also write NAME_compare (gray | colour) beside each output.")
 @click.option("--saturation", type=click.FloatRange(0, 4), default=1.0, show_default=True,
@@ -92,24 +94,30 @@ def colorize(model, inputs, out, render_size, overwrite, compare, saturation, bs
 
 
 @main.command()
-@click.argument("model", type=click.Path(), required=False)
-@click.argument("data", type=click.Path())
+@click.argument("paths", nargs=-1, required=True, metavar="[MODEL] DATA")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for metrics and samples.")
 @click.option("--baseline", type=click.Choice(["gray"]), help="Also score the L channel alone (no colour).")
-@click.option("--render-size", type=int, help="Network input size (default: the model's training size).")
+@RENDER_SIZE
+@click.option("--overwrite", is_flag=True, help="Replace metrics.json, per_image.csv and samples.png in --out.")
 @click.option("--device", help="cpu, cuda or cuda:N (default: the GPU when there is one).")
 @ENGINE
-def evaluate(model, data, out, baseline, render_size, device, engine):
+def evaluate(paths, out, baseline, render_size, overwrite, device, engine):
     """Take the colour out of the colour photos in DATA, colorize them with MODEL, and compare with the originals
-    (PSNR, SSIM, CIEDE2000, colourfulness, delta-CF) under a fixed, stated protocol."""
+    (PSNR, SSIM, CIEDE2000, colourfulness, delta-CF) under a fixed, stated protocol. Without MODEL, --baseline gray
+    scores the gray floor alone."""
     from .evaluate import evaluate as run, format_table
-    click.echo(format_table(run(model, data, out, baseline, render_size=render_size, device=device, engine=engine)))
+    if len(paths) > 2:
+        raise click.UsageError(f"evaluate takes [MODEL] DATA, not {len(paths)} paths")
+    model, data = (None, *paths) if len(paths) == 1 else paths
+    click.echo(format_table(run(model, data, out, baseline, render_size=render_size, device=device, engine=engine,
+                                overwrite=overwrite)))
 
 
 @main.command()
 @click.argument("model", type=click.Path())
 @click.option("--onnx", "onnx_path", required=True, type=click.Path(dir_okay=False), help="The .onnx file to write.")
-@click.option("--opset", default=17, show_default=True)
+@click.option("--opset", type=click.IntRange(13, 20), default=17, show_default=True,
+              help="ONNX opset, 13 to 20 (what torch's exporter writes for this network).")
 def export(model, onnx_path, opset):
     "Export MODEL to ONNX (input L in [0,100], output ab; dynamic size, multiples of 32), checked against torch."
     from .export import export_onnx
@@ -121,9 +129,10 @@ def export(model, onnx_path, opset):
 @main.command()
 @click.argument("model", type=click.Path())
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True)
-@click.option("--render-size", type=int, help="Network input size (default: the model's training size).")
-@click.option("--max-mb", default=20.0, show_default=True, help="Largest request accepted, in MB.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@RENDER_SIZE
+@click.option("--max-mb", type=click.FloatRange(0.1, 1024), default=20.0, show_default=True,
+              help="Largest request accepted, in MB.")
 @click.option("--device", help="cpu, cuda or cuda:N (default: the GPU when there is one).")
 @ENGINE
 def serve(model, host, port, render_size, max_mb, device, engine):

@@ -19,7 +19,7 @@ from .inference import Colorizer
 from .metrics import FALSE_COLOR_CHROMA, ciede2000, colorfulness, false_color, lightness_drift, psnr, ssim
 from .photos import find_photos, load_photos, report
 from .show import grid_image, gray_rgb
-from .utils import ColorganError, atomic_path, log
+from .utils import ColorganError, atomic_path, check_out, log
 
 __all__ = ["evaluate", "score", "PROTOCOL", "METRICS"]
 
@@ -60,13 +60,18 @@ def _summary(rows: list[dict]) -> dict:
 
 def evaluate(model: str | os.PathLike | None, data: str | os.PathLike, out: str | os.PathLike,
              baseline: str | None = None, size: int = 256, render_size: int | None = None,
-             bs: int = 16, device=None, engine: str = "auto") -> dict:
+             bs: int = 16, device=None, engine: str = "auto", overwrite: bool = False) -> dict:
     """Score a generator (and, with baseline='gray', the L channel alone) on the colour photos in `data`; write
     metrics.json, per_image.csv and samples.png to `out`; return the JSON's content."""
     if model is None and baseline != "gray":
         raise ColorganError("evaluate needs a MODEL, or --baseline gray to score the gray floor alone")
     if baseline not in (None, "gray"):
         raise ColorganError(f"the only baseline is 'gray', not '{baseline}'")
+    check_out(Path(out), data)
+    existing = [name for name in EVAL_FILES if (Path(out) / name).exists()]
+    if existing and not overwrite:
+        raise ColorganError(f"{out} already holds {', '.join(existing)}: choose another --out, or pass --overwrite "
+                            f"to replace them")
     colorizer = Colorizer.from_artifact(model, render_size, device, engine=engine) if model is not None else None
     photos = load_photos(find_photos(data), size)
     report([photos])
@@ -94,6 +99,9 @@ def evaluate(model: str | os.PathLike | None, data: str | os.PathLike, out: str 
               "results": {name: _summary(r) for name, r in rows.items()}}
     _write(Path(out), result, rows, grid)
     return result
+
+
+EVAL_FILES = ("metrics.json", "per_image.csv", "samples.png")
 
 
 def _write(out: Path, result: dict, rows: dict[str, list[dict]], grid) -> None:

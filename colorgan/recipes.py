@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 import json
 import os
 import tomllib
@@ -26,9 +27,39 @@ class RecipeError(ColorganError):
 
 
 class Section(typing.NamedTuple):
-    "A recipe section: the function its keys configure, and that function's parameters the recipe may not set."
+    """A recipe section: the function its keys configure, that function's parameters the recipe may not set, and
+    limits on values: key -> (test, what the value should be), checked once the type is right."""
     fn: Callable
     fixed: tuple[str, ...] = ()
+    limits: dict = {}
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def whole(lo: int, hi: int | None = None, optional: bool = False) -> tuple[Callable, str]:
+    "A limit: an integer from `lo` (to `hi`); None allowed when `optional`."
+    def test(v):
+        return (optional and v is None) or (isinstance(v, int) and not isinstance(v, bool) and lo <= v
+                                             and (hi is None or v <= hi))
+    return test, f"a whole number from {lo}" + (f" to {hi}" if hi is not None else " up") + (" (or unset)" if optional
+                                                                                            else "")
+
+
+def number(lo: float, hi: float | None = None, low_open: bool = False, high_open: bool = False,
+           optional: bool = False) -> tuple[Callable, str]:
+    "A limit: a finite number in the interval from `lo` to `hi` (either end open); None allowed when `optional`."
+    def test(v):
+        if optional and v is None:
+            return True
+        return _finite(v) and (v > lo if low_open else v >= lo) and (hi is None or (v < hi if high_open else v <= hi))
+    ends = f"{'(' if low_open else '['}{lo}, {hi if hi is not None else 'inf'}{')' if high_open or hi is None else ']'}"
+    return test, f"a finite number in {ends}" + (" (or unset)" if optional else "")
+
+
+def one_of(*choices) -> tuple[Callable, str]:
+    return (lambda v: v in choices), "one of " + ", ".join(map(repr, choices))
 
 
 def _params(section: Section) -> dict[str, inspect.Parameter]:
@@ -89,6 +120,8 @@ def _check_section(name: str, values: Any, section: Section) -> list[str]:
             problems.append(f"[{name}] unknown key '{key}'{hint}")
         elif not _type_ok(value, expected := _expected(params[key], hints)):
             problems.append(f"[{name}] {key} = {value!r} should be {_describe(expected)}")
+        elif key in section.limits and not section.limits[key][0](value):
+            problems.append(f"[{name}] {key} = {value!r} should be {section.limits[key][1]}")
     missing = [k for k, p in params.items() if p.default is inspect.Parameter.empty and k not in values]
     problems += [f"[{name}] {k} is required" for k in missing]
     return problems
@@ -126,9 +159,13 @@ def load_recipe(path: str | os.PathLike | dict | None, schema: dict[str, Section
     elif path is not None:
         source = str(path)
         try:
-            recipe = tomllib.loads(Path(path).read_text())
+            recipe = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise RecipeError(f"recipe {path} does not exist") from None
+        except IsADirectoryError:
+            raise RecipeError(f"recipe {path} is a folder, not a TOML file") from None
+        except UnicodeDecodeError as e:
+            raise RecipeError(f"recipe {path} is not UTF-8 text (byte {e.start}): save it as UTF-8") from None
         except tomllib.TOMLDecodeError as e:
             raise RecipeError(f"recipe {path} is not valid TOML: {e}") from None
     for text in overrides:

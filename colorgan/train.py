@@ -14,32 +14,49 @@ from fastai.torch_core import set_seed
 from . import learner as _patched  # noqa: F401  (fit_one_cycle is patched onto Learner there)
 from .artifacts import (ARTIFACT_NAME, CRITIC_NAME, _unwrap, generator_meta, load_generator, resolve_artifact,
                         save_critic, save_generator)
-from .callbacks import BEST, LAST, ColourRule, ReplayHistory, RunCheckpoint, load_checkpoint
+from .callbacks import BEST, LAST, ColourRule, ReplayHistory, RunCheckpoint, StopOnNaN, load_checkpoint
 from .data import photo_dls
 from .distributed import barrier, distributed, init_distributed, is_main_process, main_process_first
 from .gan import ConditionalGAN, fit_gan, gan_learner
 from .learner import pretrain_learner
 from .models import build_critic, build_generator
-from .recipes import Section, dumps_toml, load_recipe
-from .utils import ColorganError, atomic_path, log
+from .losses import ADV_LOSSES
+from .recipes import Section, dumps_toml, load_recipe, number, one_of, whole
+from .utils import ColorganError, atomic_path, check_out, log
 
 __all__ = ["pretrain", "gan_finetune", "PRETRAIN_SCHEMA", "GAN_SCHEMA", "RECIPE_NAME"]
 
 RECIPE_NAME = "recipe.resolved.toml"
-FIT = Section(Learner.fit_one_cycle, ("cbs", "reset_opt", "start_epoch"))
+# Limits on values that have the right type but would crash deep inside, or train nothing (docs/reliability.md)
+DATA_LIMITS = {"size": whole(32, 4096), "bs": whole(1), "valid_pct": number(0, 1, True, True),
+               "min_scale": number(0, 1, low_open=True), "min_colorfulness": number(0), "seed": whole(0),
+               "epoch_batches": whole(1, optional=True), "num_workers": whole(0, optional=True)}
+LEARNER_LIMITS = {"wd": number(0), "precision": one_of("auto", "fp32", "bf16", "fp16"),
+                  "ema_decay": number(0, 1, high_open=True, optional=True)}
+_LR = number(0, low_open=True, optional=True)[0]
+FIT_LIMITS = {"n_epoch": whole(1), "div": number(0, low_open=True),
+              "lr_max": (lambda v: _LR(v) or (isinstance(v, list) and v != [] and all(_LR(x) for x in v)),
+                         "a finite number above 0, a list of them (one per parameter group) or unset"),
+              "div_final": number(0, low_open=True), "pct_start": number(0, 1, high_open=True),
+              "wd": number(0, optional=True)}
+FIT = Section(Learner.fit_one_cycle, ("cbs", "reset_opt", "start_epoch"), FIT_LIMITS)
 PRETRAIN_SCHEMA = {
-    "data": Section(photo_dls, ("path",)),
-    "model": Section(build_generator, ("img_size",)),
-    "learner": Section(pretrain_learner, ("dls", "model", "path", "cbs")),
+    "data": Section(photo_dls, ("path",), DATA_LIMITS),
+    "model": Section(build_generator, ("img_size",), {"width": number(0, 1, low_open=True)}),
+    "learner": Section(pretrain_learner, ("dls", "model", "path", "cbs"), LEARNER_LIMITS),
     "fit": FIT,
 }
 GAN_SCHEMA = {
-    "data": Section(photo_dls, ("path",)),
-    "critic": Section(build_critic),
-    "gan": Section(ConditionalGAN, ("critic",)),
-    "learner": Section(gan_learner, ("dls", "generator", "critic", "path", "cbs")),
-    "keep": Section(ColourRule, ("start",)),
-    "fit": Section(fit_gan, ("learn", "cbs", "reset_opt", "start_epoch")),
+    "data": Section(photo_dls, ("path",), DATA_LIMITS),
+    "critic": Section(build_critic, (), {"n_in": one_of(3), "n_filters": whole(1), "n_strided": whole(1, 6),
+                                         "norm": one_of("spectral", "batch", "instance")}),
+    "gan": Section(ConditionalGAN, ("critic",), {
+        "adv_loss": one_of(*ADV_LOSSES), "lambda_l1": number(0), "critic_lr": number(0, low_open=True),
+        "warmup": whole(0), "critic_steps": whole(1), "critic_every": whole(1),
+        "label_smoothing": number(0, 1, high_open=True)}),
+    "learner": Section(gan_learner, ("dls", "generator", "critic", "path", "cbs"), LEARNER_LIMITS),
+    "keep": Section(ColourRule, ("start",), {"max_psnr_drop": number(0), "max_false_color": number(0, 1)}),
+    "fit": Section(fit_gan, ("learn", "cbs", "reset_opt", "start_epoch"), FIT_LIMITS),
 }
 
 
@@ -96,31 +113,14 @@ def clear_stale_temporaries(run: Path) -> None:
         log.info(f"removed {len(stale)} half-written file(s) of an interrupted run in {run}")
 
 
-def check_out(run: Path, data, reads: Path | None = None) -> None:
-    """Refuse an --out that would lose the user's data: inside the photo folder (its sample grids would become
-    training photos), the folder that holds the generator being read, a file, or a place that cannot be written."""
-    out, photos = run.resolve(), Path(data).resolve()
-    if out == photos or photos in out.parents:
-        raise ColorganError(f"--out {run} is inside the photo folder {data}: its checkpoints and sample grids would "
-                            f"mix with your photos; choose a folder outside it")
-    if reads is not None and reads.resolve().parent == out:
-        raise ColorganError(f"--out {run} holds the generator being read ({reads}): write stage two to another "
-                            f"folder, e.g. {run}-gan")
-    existing = next(p for p in [out, *out.parents] if p.exists())
-    if not existing.is_dir():
-        raise ColorganError(f"--out {run} cannot be made: {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ColorganError(f"--out {run} cannot be written: no permission to write in {existing}")
-
-
 def run_fit(learn: Learner, run: Path, recipe: dict, meta: dict, resume: bool, cbs=(), rule=None,
             best: float = float("inf"), fit=Learner.fit_one_cycle) -> Learner:
     """fit_one_cycle with the run's callbacks, `best.pth` chosen by `rule` (lowest validation loss unless told);
     on --resume, from the last finished epoch with its history replayed."""
     fit_fn, fit = fit, dict(recipe["fit"])
     n_epoch, start = fit.pop("n_epoch"), 0
-    checkpoint = RunCheckpoint(run, meta, best=best, rule=rule)
-    cbs = [*cbs, *([CSVLogger("history.csv")] if is_main_process() else []), checkpoint]
+    checkpoint, nan_guard = RunCheckpoint(run, meta, best=best, rule=rule), StopOnNaN()
+    cbs = [*cbs, nan_guard, *([CSVLogger("history.csv")] if is_main_process() else []), checkpoint]
     if resume:
         state = load_checkpoint(learn, run)
         start, checkpoint.best = state["epoch"], state["best"]
@@ -134,6 +134,8 @@ def run_fit(learn: Learner, run: Path, recipe: dict, meta: dict, resume: bool, c
         return learn
     with distributed(learn):
         fit_fn(learn, n_epoch, start_epoch=start, cbs=cbs, **{k: v for k, v in fit.items() if v is not None})
+    if nan_guard.diverged:
+        raise ColorganError(nan_guard.diverged)
     return learn
 
 

@@ -41,3 +41,20 @@ def short_list(items, n: int = 3) -> str:
     items = [str(i) for i in items]
     head = ", ".join(items[:n])
     return head + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def check_out(run: Path, data, reads: Path | None = None) -> None:
+    """Refuse an --out that would lose the user's data: inside the photo folder `data` (sample grids would become
+    photos), the folder holding `reads` (the generator being read), a file, or a place that cannot be written."""
+    out, photos = run.resolve(), Path(data).resolve()
+    if out == photos or photos in out.parents:
+        raise ColorganError(f"--out {run} is inside the photo folder {data}: what colorgan writes there would mix "
+                            f"with your photos (and be read as photos next time); choose a folder outside it")
+    if reads is not None and reads.resolve().parent == out:
+        raise ColorganError(f"--out {run} holds the generator being read ({reads}): write stage two to another "
+                            f"folder, e.g. {run}-gan")
+    existing = next(p for p in [out, *out.parents] if p.exists())
+    if not existing.is_dir():
+        raise ColorganError(f"--out {run} cannot be made: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ColorganError(f"--out {run} cannot be written: no permission to write in {existing}")

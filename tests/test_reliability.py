@@ -30,7 +30,9 @@ def one_line_error(result, *names):
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
     last = result.output.strip().splitlines()[-1]
-    assert last.startswith("Error: ") and all(str(n) in last for n in names), last
+    assert "Error: " in last, last  # a progress bar (stdout) may end without a newline before it (stderr)
+    last = last[last.index("Error: "):]
+    assert all(str(n) in last for n in names), last
     return last
 
 
@@ -130,3 +132,89 @@ def test_one_photo_that_cannot_be_decoded_is_its_own_failure(model, tmp_path, mo
     assert r.exit_code == 1 and "1 colorized" in r.output and "2 failed" in r.output, r.output
     assert "bad_exif.png" in r.output and "unpack requires" in r.output and f"no photos in {tmp_path / 'empty'}" in r.output
     assert (tmp_path / "out" / good.name).is_file() and not (tmp_path / "out" / bad.name).exists()
+
+
+@pytest.mark.parametrize("setting, named", [
+    ("fit.lr_max=fast", "lr_max = 'fast'"), ('fit.lr_max="2e-3"', "lr_max = '2e-3'"), ("fit.lr_max=nan", "lr_max = nan"),
+    ("fit.n_epoch=1.5", "n_epoch = 1.5"), ("fit.n_epoch=0", "n_epoch = 0"), ("fit.n_epoch=-1", "n_epoch = -1"),
+    ("data.bs=0", "bs = 0"), ("data.bs=-4", "bs = -4"), ("data.size=0", "size = 0"),
+    ("learner.precision=bogus", "precision = 'bogus'"), ("data.valid_pct=1.5", "valid_pct = 1.5"),
+])
+def test_values_of_the_right_type_but_out_of_range_are_refused_up_front(photo_dir, tmp_path, setting, named):
+    r = run("pretrain", photo_dir, "--out", tmp_path / "g", *STAGE_ONE, "--set", setting)
+    assert r.exit_code == 1 and named in r.output and "should be" in r.output, r.output
+    assert not (tmp_path / "g").exists()  # refused before anything was written
+
+
+def test_a_recipe_that_is_not_utf8_is_named(photo_dir, tmp_path):
+    recipe = tmp_path / "latin1.toml"
+    recipe.write_bytes("[fit]\nn_epoch = 1 # r\xe9sum\xe9\n".encode("latin-1"))
+    one_line_error(run("pretrain", photo_dir, "--recipe", recipe, "--out", tmp_path / "g"), recipe, "not UTF-8")
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--bs", "0"], "--bs"), (["--bs", "-3"], "--bs"), (["--render-size", "100000"], "--render-size"),
+    (["--saturation", "-1"], "--saturation"), (["--device", "bogus"], "unknown device 'bogus'"),
+    (["--device", "cuda:7"], "no CUDA GPU" if not __import__("torch").cuda.is_available() else "cuda:7"),
+])
+def test_colorize_options_out_of_range(model, tmp_path, args, named):
+    r = run("colorize", model, _photo(tmp_path / "a.png"), "--out", tmp_path / "out", *args)
+    assert r.exit_code in (1, 2) and named in r.output, r.output  # 2: click's usage error, 1: colorgan's
+    assert "Traceback" not in r.output and not (tmp_path / "out").exists()
+
+
+def test_export_and_serve_refuse_impossible_numbers(model, tmp_path):
+    r = run("export", model, "--onnx", tmp_path / "g.onnx", "--opset", "3")
+    assert r.exit_code == 2 and "--opset" in r.output and not (tmp_path / "g.onnx").exists()
+    r = run("serve", model, "--port", "99999")
+    assert r.exit_code == 2 and "--port" in r.output
+
+
+def test_evaluate_gray_floor_alone_and_never_over_existing_files(photo_dir, tmp_path):
+    r = run("evaluate", photo_dir, "--out", tmp_path / "e", "--baseline", "gray")
+    assert r.exit_code == 0 and "| gray |" in r.output.replace("| metric | gray |", "| gray |"), r.output
+    before = snapshot(tmp_path / "e")
+    r = run("evaluate", photo_dir, "--out", tmp_path / "e", "--baseline", "gray")
+    one_line_error(r, "already holds", "--overwrite")
+    assert snapshot(tmp_path / "e") == before
+    one_line_error(run("evaluate", photo_dir, "--out", photo_dir, "--baseline", "gray"), "inside the photo folder")
+    assert run("evaluate", photo_dir, "--out", tmp_path / "e", "--baseline", "gray", "--overwrite").exit_code == 0
+
+
+def test_a_loss_that_becomes_nan_stops_the_run_with_a_message_and_no_broken_artefact(photo_dir, tmp_path,
+                                                                                      monkeypatch):
+    from fastai.losses import BaseLoss
+    calls, real = [], BaseLoss.__call__
+
+    def poisoned(self, *args, **kwargs):  # what a learning rate far too high does after a few steps
+        calls.append(1)  # epoch 1: 2 training batches and 1 validation batch; then epoch 2's first batch
+        return real(self, *args, **kwargs) * (float("nan") if len(calls) == 4 else 1.0)
+    monkeypatch.setattr(BaseLoss, "__call__", poisoned)
+    r = run("pretrain", photo_dir, "--out", tmp_path / "g", *STAGE_ONE, "--set", "fit.n_epoch=2")
+    last = one_line_error(r, "the loss became nan", "epoch 2, batch 1", "fit.lr_max")
+    assert "Exception occured" not in last and not (tmp_path / "g" / "generator.pth").exists()
+    import torch
+    assert torch.load(tmp_path / "g" / "checkpoints" / "last.pth", weights_only=False)["epoch"] == 1  # the good one
+
+
+def test_artefacts_with_nan_weights_or_wrong_contents_are_refused(model, tmp_path):
+    import torch
+    blob = torch.load(model, weights_only=True)
+    nan = {**blob, "state_dict": {k: v.clone() for k, v in blob["state_dict"].items()}}
+    next(v for v in nan["state_dict"].values() if v.is_floating_point()).fill_(float("nan"))
+    cases = {"nan.pth": (nan, "NaN or infinite weights"),
+             "no_meta.pth": ({"format": blob["format"], "state_dict": blob["state_dict"]}, "not its contents"),
+             "wrong_weights.pth": ({**blob, "state_dict": {"x": torch.zeros(3)}}, "do not fit the network")}
+    for name, (content, message) in cases.items():
+        torch.save(content, tmp_path / name)
+        one_line_error(run("colorize", tmp_path / name, _photo(tmp_path / "a.png"), "--out", tmp_path / "o"),
+                       name, message)
+        one_line_error(run("export", tmp_path / name, "--onnx", tmp_path / "g.onnx"), message)
+    assert not (tmp_path / "g.onnx").exists() and not (tmp_path / "o").exists()
+
+
+def test_an_export_that_does_not_match_torch_leaves_no_file(model, tmp_path, monkeypatch):
+    import colorgan.export
+    monkeypatch.setattr(colorgan.export, "check_onnx", lambda path, module, shapes: [((1, 1, 32, 32), float("nan"))])
+    one_line_error(run("export", model, "--onnx", tmp_path / "g.onnx"), "does not match torch")
+    assert list(tmp_path.iterdir()) == []

@@ -15,15 +15,17 @@ import torch
 import torch.nn.functional as F
 from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
+from fastai.torch_core import TensorImage
+from PIL import Image, ImageOps
 
-from .color import lab_to_model, rgb_to_lab
+from .color import exif_upright, lab_to_model, model_to_rgb, pil_to_rgb8, rgb_to_lab
 from .device import resolve_device
 from .metrics import colorfulness
-from .photos import PhotoSet, find_photos, load_photos, report
+from .photos import PhotoSet, decode_photo, find_photos, load_photos, report
 from .show import show_columns
 from .utils import ColorganError, log
 
-__all__ = ["LabDataLoader", "photo_dls", "split_photos", "random_resized_crop"]
+__all__ = ["LabDataLoader", "LabDataLoaders", "photo_dls", "split_photos", "random_resized_crop"]
 
 
 def random_resized_crop(rgb: torch.Tensor, min_scale: float = 0.35, ratio=(3 / 4, 4 / 3),
@@ -59,11 +61,13 @@ class CachedPhotos:
 
 
 class LabDataLoader(DataLoader):
-    "Batches of cached uint8 photos -> (L, ab) on `device`, augmented there when `augment`."
+    """Batches of cached uint8 photos -> (L, ab) on `device`, augmented there when `augment`; (L,) alone when
+    `with_target` is false (a test set: `dls.test_dl`, `learn.predict`)."""
     def __init__(self, dataset: CachedPhotos, bs: int = 16, shuffle: bool = False, augment: bool = False,
-                 min_scale: float = 0.35, epoch_batches: int | None = None, **kwargs):
+                 min_scale: float = 0.35, epoch_batches: int | None = None, with_target: bool = True, **kwargs):
         super().__init__(dataset, bs=bs, shuffle=shuffle, **kwargs)
         self.augment, self.min_scale, self.epoch_batches, self._queue = augment, min_scale, epoch_batches, []
+        self.with_target = with_target
 
     @property
     def size(self) -> int: return self.dataset.shape[1]
@@ -97,11 +101,19 @@ class LabDataLoader(DataLoader):
         l, ab = lab_to_model(rgb_to_lab(rgb))
         if l.is_cuda:
             l, ab = l.contiguous(memory_format=torch.channels_last), ab.contiguous(memory_format=torch.channels_last)
-        return l, ab
+        return (l, ab) if self.with_target else (l,)
 
     def new(self, dataset=None, cls=None, **kwargs):
-        kwargs = {"augment": self.augment, "min_scale": self.min_scale, "epoch_batches": self.epoch_batches, **kwargs}
+        kwargs = {"augment": self.augment, "min_scale": self.min_scale, "epoch_batches": self.epoch_batches,
+                  "with_target": self.with_target, **kwargs}
         return super().new(dataset=dataset, cls=cls, **kwargs)
+
+    def decode_batch(self, b, max_n: int = 9, full: bool = True) -> list[tuple]:
+        """(L, ab...) -> one (gray, colour...) tuple of RGB TensorImages (3,H,W) in [0,1] per photo: the inverse
+        of the uint8 -> (L, ab) step, through color.py (gamut-mapped at constant lightness)."""
+        l, *abs_ = [t[:max_n].detach().float().cpu() for t in b]
+        images = [model_to_rgb(l, torch.zeros_like(l).expand(-1, 2, -1, -1))] + [model_to_rgb(l, ab) for ab in abs_]
+        return [tuple(TensorImage(img[i]) for img in images) for i in range(len(l))]
 
     def show_batch(self, b=None, max_n: int = 9, ctxs=None, show: bool = True, **kwargs):
         "gray | colour for `max_n` photos of a batch."
@@ -112,6 +124,36 @@ class LabDataLoader(DataLoader):
         "gray | predicted | real; `Learner.show_results` calls this."
         l, ab = b
         return show_columns(l, {"gray": None, "predicted": out, "real": ab}, max_n, **kwargs)
+
+
+class LabDataLoaders(DataLoaders):
+    """fastai DataLoaders of (L, ab) batches, with what `learn.predict` and `learn.get_preds(dl=...)` need:
+    `test_dl` over PIL images, paths or uint8 arrays (decoded as the training photos were: EXIF applied, centre
+    crop at the training size), `decode_batch` back to RGB, and one input (`n_inp`)."""
+    n_inp = 1
+
+    def test_dl(self, test_items, rm_type_tfms=None, with_labels: bool = False, bs: int | None = None, **kwargs):
+        size, items = self.train.size, list(test_items)
+        pixels = np.stack([_decode_item(item, size) for item in items]) if items else np.zeros((0, size, size, 3),
+                                                                                                 np.uint8)
+        return LabDataLoader(CachedPhotos(pixels), bs=bs or self.valid.bs, shuffle=False, device=self.device,
+                             with_target=with_labels)
+
+    def decode_batch(self, b, max_n: int = 9, full: bool = True) -> list[tuple]:
+        return self.valid.decode_batch(b, max_n, full)
+
+
+def _decode_item(item, size: int) -> np.ndarray:
+    "A PIL image, a path or a uint8 (H,W,3) array -> uint8 (size,size,3), as `decode_photo` makes training rows."
+    if isinstance(item, np.ndarray):
+        item = Image.fromarray(item)
+    if isinstance(item, (str, os.PathLike)):
+        status, arr = decode_photo(item, size)
+        if arr is None:
+            raise ColorganError(f"{item} is not an image colorgan can read")
+        return arr
+    rgb = pil_to_rgb8(exif_upright(item))
+    return np.asarray(ImageOps.fit(rgb, (size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
 
 
 def split_photos(path: Path, valid_pct: float, seed: int) -> tuple[list[Path], list[Path]]:
@@ -171,4 +213,4 @@ def photo_dls(path: str | os.PathLike, size: int = 256, bs: int = 16, valid_pct:
     train_dl = LabDataLoader(train, bs=min(bs, len(train)), shuffle=True, drop_last=True, augment=augment,
                              min_scale=min_scale, epoch_batches=epoch_batches, device=device)
     valid_dl = LabDataLoader(valid, bs=bs, shuffle=False, device=device)
-    return DataLoaders(train_dl, valid_dl, path=path, device=device)
+    return LabDataLoaders(train_dl, valid_dl, path=path, device=device)

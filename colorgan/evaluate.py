@@ -108,7 +108,7 @@ def _write(out: Path, result: dict, rows: dict[str, list[dict]], grid) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(result, indent=2))
-    with atomic_path(out / "per_image.csv") as tmp, open(tmp, "w", newline="") as f:
+    with atomic_path(out / "per_image.csv") as tmp, open(tmp, "w", newline="", errors="surrogateescape") as f:
         fields = ["system", "file", *METRICS, "colorfulness_real"]
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,11 +83,11 @@ def default_cache_dir() -> Path:
 
 def _cache_stem(files: list[Path], size: int) -> tuple[str, str]:
     "(prefix naming the file set and size, digest of every file's path, length and modification time)"
-    where = hashlib.sha1(os.path.commonpath([str(f.resolve().parent) for f in files]).encode()).hexdigest()[:10]
+    where = hashlib.sha1(os.fsencode(os.path.commonpath([str(f.resolve().parent) for f in files]))).hexdigest()[:10]
     h = hashlib.sha1(f"{CACHE_FORMAT}:{size}".encode())
-    for f in files:
+    for f in files:  # os.fsencode: a file name that is not valid UTF-8 hashes as the bytes it is on disk
         st = f.stat()
-        h.update(f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        h.update(os.fsencode(f.resolve()) + f":{st.st_size}:{st.st_mtime_ns}\n".encode())
     return f"{where}-{size}px-{len(files)}", h.hexdigest()[:16]
 
 
@@ -125,8 +126,16 @@ def load_photos(files: list[Path], size: int, cache_dir: str | os.PathLike | Non
 
 def _build_cache(files: list[Path], size: int, npy: Path, meta: Path, num_workers: int) -> None:
     log.info(f"decoding {len(files)} photos at {size} px into the cache {npy.parent} (once)")
+    npy.parent.mkdir(parents=True, exist_ok=True)
+    need, free = len(files) * size * size * 3 + 2 ** 20, shutil.disk_usage(npy.parent).free
+    if need > free:
+        raise ColorganError(f"the photo cache {npy.parent} needs {need / 2 ** 20:.0f} MB for {len(files)} photos at "
+                            f"{size} px and its disk has {free / 2 ** 20:.0f} MB free: free some space, or point "
+                            f"COLORGAN_CACHE (or data.cache_dir) at another disk")
     with atomic_path(npy) as tmp:
         pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), size, size, 3))
+        with open(tmp, "r+b") as f:  # reserve the blocks now: a memory map that meets a full disk dies of SIGBUS
+            os.posix_fallocate(f.fileno(), 0, os.path.getsize(tmp))
         statuses = _decode_all(files, size, pixels, num_workers)
         pixels.flush()
         del pixels

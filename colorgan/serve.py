@@ -46,18 +46,24 @@ class BodyLimit:
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and int(length) > self.max_bytes:
             return await self._refuse(scope, receive, send)
-        seen, started = 0, False
+        seen, started, too_large = 0, False, False
 
         async def counted():
-            nonlocal seen
+            nonlocal seen, too_large
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
+                too_large = True
                 raise _TooLarge
             return message
 
-        async def watched(message):
+        async def watched(message):  # the form parser turns our _TooLarge into a 400: answer 413 in its place
             nonlocal started
+            if too_large:
+                if not started:
+                    started = True
+                    await self._refuse(scope, receive, send)
+                return
             started = started or message["type"] == "http.response.start"
             await send(message)
         try:

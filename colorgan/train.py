@@ -79,6 +79,7 @@ def prepare_run(out, recipe, overrides, schema: dict, resume: bool, overwrite: b
             clear_run(run)
     if is_main_process():
         run.mkdir(parents=True, exist_ok=True)
+        clear_stale_temporaries(run)
         with atomic_path(run / RECIPE_NAME) as tmp:
             tmp.write_text(dumps_toml(resolved))
     return resolved

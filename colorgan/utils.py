@@ -1,8 +1,10 @@
 "Small helpers shared by every module: the package logger and atomic file writes."
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -17,7 +19,14 @@ if not log.handlers:  # a library that trains for minutes should say what it doe
 
 
 class ColorganError(Exception):
-    "An error caused by the user's input (a path, a recipe, a checkpoint); its message says what to do."
+    """An error caused by the user's input (a path, a recipe, a checkpoint) or the machine (a full disk); its message
+    says what to do. It keeps its message when fastai prefixes the args of an error raised inside a callback."""
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 @contextmanager
@@ -27,13 +36,46 @@ def atomic_path(dest: str | os.PathLike):
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide a colorized photo from a web server or colleague
     os.close(fd)
     try:
         yield Path(tmp)
         os.replace(tmp, dest)
+    except Exception as e:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        _raise_if_disk_full(e, dest)
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _umask() -> int:
+    "The process's umask, read without changing it (Linux says it in /proc; elsewhere set and restore it)."
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
+
+
+FULL_DISK_MB = 64  # less free than this after a failed write: the disk is the cause
+
+
+def _raise_if_disk_full(error: Exception, dest: Path) -> None:
+    """A write that failed on a full disk (OSError ENOSPC, or torch.save's 'unexpected pos') -> one clear message
+    naming the folder and what is free; any other failure is left as it is."""
+    try:
+        free_mb = shutil.disk_usage(dest.parent).free / 2 ** 20
+    except OSError:
+        return
+    if getattr(error, "errno", None) == errno.ENOSPC or free_mb < FULL_DISK_MB:
+        raise ColorganError(f"the disk holding {dest.parent} is full ({free_mb:.0f} MB free) while writing "
+                            f"{dest.name}: free some space and run the command again (--resume continues a run from "
+                            f"its last saved epoch)") from error
 
 
 def short_list(items, n: int = 3) -> str:

@@ -29,9 +29,9 @@ def one_line_error(result, *names):
     "Exit code 1, no traceback, and a last line that names each of `names`."
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
-    last = result.output.strip().splitlines()[-1]
-    assert "Error: " in last, last  # a progress bar (stdout) may end without a newline before it (stderr)
-    last = last[last.index("Error: "):]
+    errors = [line for line in result.output.splitlines() if "Error: " in line]
+    assert len(errors) == 1, result.output  # stdout (progress bars, the epoch table) and stderr interleave here
+    last = errors[0][errors[0].index("Error: "):]
     assert all(str(n) in last for n in names), last
     return last
 
@@ -218,3 +218,95 @@ def test_an_export_that_does_not_match_torch_leaves_no_file(model, tmp_path, mon
     monkeypatch.setattr(colorgan.export, "check_onnx", lambda path, module, shapes: [((1, 1, 32, 32), float("nan"))])
     one_line_error(run("export", model, "--onnx", tmp_path / "g.onnx"), "does not match torch")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_name_that_is_not_utf8_trains_evaluates_and_colorizes(photo_dir, model, tmp_path):
+    import shutil
+    photos = tmp_path / "photos"
+    shutil.copytree(photo_dir, photos)
+    odd = os.fsdecode(b"caf\xe9-latin1.jpg")  # a name from an old Windows or camera card, not valid UTF-8
+    shutil.copy(sorted(photos.glob("*.jpg"))[0], photos / odd)
+    r = run("pretrain", photos, "--out", tmp_path / "g", *STAGE_ONE)
+    assert r.exit_code == 0, r.output
+    r = run("evaluate", model, photos, "--out", tmp_path / "e")
+    assert r.exit_code == 0 and "13 photos" in r.output, r.output
+    r = run("colorize", model, photos / odd, "--out", tmp_path / "c")
+    assert r.exit_code == 0 and (tmp_path / "c" / odd).is_file(), r.output
+
+
+def test_a_full_disk_is_named_with_what_is_free(photo_dir, tmp_path, monkeypatch):
+    import shutil as sh
+
+    import colorgan.artifacts
+    import colorgan.utils
+    real_usage = sh.disk_usage
+
+    def full(path):
+        return real_usage(path)._replace(free=3 * 2 ** 20) if str(tmp_path / "g") in str(path) else real_usage(path)
+
+    def torch_save_on_a_full_disk(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 930368 vs 930264")
+    monkeypatch.setattr(colorgan.utils.shutil, "disk_usage", full)
+    monkeypatch.setattr(colorgan.artifacts.torch, "save", torch_save_on_a_full_disk)
+    r = run("pretrain", photo_dir, "--out", tmp_path / "g", *STAGE_ONE)
+    one_line_error(r, "is full (3 MB free)", tmp_path / "g", "--resume")
+    assert not list((tmp_path / "g").rglob("*.tmp"))  # no half-written file left behind
+
+
+def test_the_photo_cache_checks_its_disk_before_decoding(photo_dir, tmp_path, monkeypatch):
+    import colorgan.photos
+    monkeypatch.setenv("COLORGAN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(colorgan.photos.shutil, "disk_usage", lambda p: __import__("shutil")._ntuple_diskusage(
+        10 ** 9, 10 ** 9, 2 ** 20))
+    r = run("pretrain", photo_dir, "--out", tmp_path / "g", *STAGE_ONE)
+    one_line_error(r, f"the photo cache {tmp_path / 'cache'} needs", "1 MB free", "COLORGAN_CACHE")
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    from colorgan.utils import atomic_path
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "a.txt") as tmp:
+            tmp.write_text("x")
+        os.umask(0o077)
+        with atomic_path(tmp_path / "b.txt") as tmp:
+            tmp.write_text("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o600
+
+
+def test_resume_removes_the_half_written_files_of_a_killed_run(photo_dir, tmp_path):
+    out = tmp_path / "g"
+    assert run("pretrain", photo_dir, "--out", out, *STAGE_ONE).exit_code == 0
+    stale = [out / "checkpoints" / ".last.pth.k9x2.tmp", out / ".generator.pth.k9x3.tmp"]
+    for path in stale:
+        path.write_bytes(b"\0" * 1000)  # kill -9 in the middle of a checkpoint write leaves these
+    (out / "my_notes.tmp").write_text("mine: not a colorgan temporary")
+    r = run("pretrain", photo_dir, "--out", out, "--resume", "--set", "fit.n_epoch=2")
+    assert r.exit_code == 0, r.output
+    assert not any(p.exists() for p in stale) and (out / "my_notes.tmp").read_text().startswith("mine")
+
+
+def test_training_and_evaluate_count_a_photo_whose_exif_breaks_as_unreadable(photo_dir, monkeypatch):
+    import struct
+
+    import colorgan.photos
+    real = colorgan.photos.exif_upright
+    monkeypatch.setattr(colorgan.photos, "exif_upright", lambda img: struct.unpack(">I", b"\0") if "astronaut" in str(
+        getattr(img, "filename", "")) else real(img))
+    some = sorted(photo_dir.glob("*.jpg"))
+    broken = [p for p in some if "astronaut" in p.name]
+    assert broken, [p.name for p in some]
+    statuses = [colorgan.photos.decode_photo(p, 32)[0] for p in some]
+    assert statuses.count(colorgan.photos.UNREADABLE) == len(broken) and colorgan.photos.OK in statuses
+
+
+def test_export_of_a_model_trained_at_a_size_that_is_not_a_multiple_of_32(tmp_path):
+    from colorgan.artifacts import generator_meta, save_generator
+    from colorgan.models import build_generator
+    save_generator(build_generator(pretrained=False, width=0.25, img_size=40), tmp_path / "g.pth",
+                   generator_meta({"arch": "resnet18", "width": 0.25}, 40, "pretrain", {}))
+    r = run("export", tmp_path / "g.pth", "--onnx", tmp_path / "g.onnx")
+    assert r.exit_code == 0 and (tmp_path / "g.onnx").is_file(), r.output

@@ -86,6 +86,29 @@ def test_bad_requests_get_json_errors(client, payload, status):
     assert r.status_code == status and "detail" in r.json()
 
 
+def test_a_chunked_upload_over_the_limit_gets_413_not_400(client):
+    boundary = "b0undary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"big.jpg\"\r\n"
+            f"Content-Type: image/jpeg\r\n\r\n").encode()
+
+    def chunks():  # no Content-Length: the limit must hold as the body streams in (25 MB against 1 MB here)
+        yield head
+        for _ in range(25):
+            yield b"\xff" * 2 ** 20
+        yield f"\r\n--{boundary}--\r\n".encode()
+    r = client.post("/colorize", content=chunks(), headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert r.status_code == 413 and "larger than 1 MB" in r.json()["detail"]
+
+
+def test_an_image_whose_exif_cannot_be_read_is_a_415(client, astronaut, monkeypatch):
+    import struct
+
+    import colorgan.serve
+    monkeypatch.setattr(colorgan.serve, "exif_upright", lambda img: struct.unpack(">I", b"\0"))
+    r = client.post("/colorize", files={"image": ("a.png", _png(astronaut), "image/png")})
+    assert r.status_code == 415 and "not an image" in r.json()["detail"]
+
+
 def test_decompression_bomb_is_refused(client):
     bomb = Image.new("L", (9000, 9000))  # 81 MP of zeros compresses to a few hundred KB
     r = client.post("/colorize", files={"image": ("bomb.png", _png(bomb), "image/png")})

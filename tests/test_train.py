@@ -138,3 +138,31 @@ def test_dull_photos_are_left_out(photo_dir):
                       min_colorfulness=threshold)
     assert len(fewer.train.dataset) == int((cf >= threshold).sum()) < len(cf)
     assert photo_colorfulness(fewer.train.dataset).min() >= threshold
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "gan"])
+def test_predict_get_preds_and_export_work_on_both_learners(photo_dir, tmp_path, stage, astronaut):
+    "The fastai habits: learn.predict on a PIL image or a path, get_preds over dls.test_dl, export and load_learner."
+    from fastai.learner import load_learner
+
+    from colorgan.color import denorm_l, rgb_to_lab
+    from colorgan.gan import gan_learner
+    from colorgan.models import build_critic, build_generator
+    dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False)
+    learn = (pretrain_learner(dls, pretrained=False, width=0.25) if stage == "pretrain" else
+             gan_learner(dls, build_generator(pretrained=False, width=0.25, img_size=32), build_critic(n_filters=8)))
+    rgb, ab, raw = learn.predict(astronaut)
+    assert rgb.shape == (3, 32, 32) and ab.shape == raw.shape == (2, 32, 32)
+    (l,) = dls.test_dl([astronaut]).one_batch()
+    learn.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(learn.model(l)[0], ab, atol=1e-5)  # predict is the model on the photo's own L
+    lightness = rgb_to_lab(rgb[None].float())[0, 0]
+    assert (lightness - denorm_l(l)[0, 0]).abs().max() < 0.1  # decode_batch inverts the uint8 -> (L, ab) step
+    photos = sorted(photo_dir.glob("*.jpg"))[:3]
+    preds, targets = learn.get_preds(dl=dls.test_dl(photos))
+    assert preds.shape == (3, 2, 32, 32) and targets is None
+    assert learn.predict(photos[0])[1].shape == (2, 32, 32)
+    learn.export(tmp_path / "learner.pkl")
+    again = load_learner(tmp_path / "learner.pkl")
+    assert torch.allclose(again.predict(astronaut)[1], ab, atol=1e-5)

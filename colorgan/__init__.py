@@ -3,12 +3,7 @@
 Stage one (`pretrain`) trains a timm-bodied DynamicUnet on L1; stage two (`gan_finetune`) fine-tunes it against a
 conditional PatchGAN. Both return fastai Learners a Python user can keep using.
 """
-import warnings
-
 __version__ = "0.1.0"
-
-# fastai 2.8's layers.py calls torch.jit.script at import; torch >= 2.10 warns about it on every run. Not ours to fix.
-warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
 _LAZY = {
     "pretrain": "train", "gan_finetune": "train", "pretrain_learner": "learner", "gan_learner": "gan",

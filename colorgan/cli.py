@@ -7,7 +7,7 @@ import sys
 import click
 
 from . import __version__
-from .utils import ColorganError
+from .utils import ColorganError, enable_logging
 
 
 class _Group(click.Group):
@@ -23,6 +23,7 @@ class _Group(click.Group):
 @click.version_option(__version__, prog_name="colorgan")
 def main():
     "Learn to colorize black-and-white photographs (stage one: pretrain; stage two: gan-finetune), then colorize."
+    enable_logging()
 
 
 def _recipe_options(f):

@@ -12,8 +12,8 @@ from fastai.learner import Learner
 from fastai.torch_core import set_seed
 
 from . import learner as _patched  # noqa: F401  (fit_one_cycle is patched onto Learner there)
-from .artifacts import (ARTIFACT_NAME, CRITIC_NAME, _unwrap, generator_meta, load_generator, resolve_artifact,
-                        save_critic, save_generator)
+from .artifacts import (ARTIFACT_NAME, CRITIC_NAME, _unwrap, generator_meta, load_critic_state, load_generator,
+                        resolve_artifact, save_critic, save_generator)
 from .callbacks import BEST, LAST, ColourRule, ReplayHistory, RunCheckpoint, StopOnNaN, load_checkpoint
 from .data import photo_dls
 from .distributed import barrier, distributed, init_distributed, is_main_process, main_process_first
@@ -193,7 +193,7 @@ def gan_finetune(data: str | os.PathLike, generator: str | os.PathLike, out: str
     run, generator = Path(out), resolve_artifact(generator)  # a wrong path fails before anything else
     net, source = load_generator(generator)  # read before --overwrite may clear anything
     recipe, dls = _start(run, data, recipe, overrides, GAN_SCHEMA, resume, overwrite, reads=generator)
-    critic = build_critic(**recipe["critic"])
+    critic = _critic_for(generator, recipe["critic"])
     learn = gan_learner(dls, net.train(), critic, path=run, **recipe["learner"], **recipe["gan"])
     _record_policy(learn, run, recipe)
     meta = generator_meta(source["build"], dls.train.size, "gan", recipe)
@@ -201,6 +201,20 @@ def gan_finetune(data: str | os.PathLike, generator: str | os.PathLike, out: str
     run_fit(learn, run, recipe, meta, resume, rule=rule, best=best, fit=fit_gan)
     _keep_best(learn, run)
     return _finish(learn, run, meta, critic, recipe["critic"])
+
+
+def _critic_for(generator: Path, build: dict) -> torch.nn.Module:
+    """A new critic, or, when the generator comes from a stage-two run whose critic.pth was built the same way, that
+    critic: fine-tuning a stage-two generator again starts from the critic that knows it, not from scratch."""
+    critic, saved = build_critic(**build), generator.parent / CRITIC_NAME
+    if saved.is_file():
+        state = load_critic_state(saved)
+        if state.get("build") == build:
+            critic.load_state_dict(state["state_dict"])
+            log.info(f"the critic starts from {saved}")
+        else:
+            log.info(f"{saved} was built otherwise ({state.get('build')}); the critic starts from scratch")
+    return critic
 
 
 def _colour_rule(learn: Learner, run: Path, meta: dict, resume: bool, **limits) -> tuple[ColourRule, float]:

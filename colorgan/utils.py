@@ -7,15 +7,24 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-log = logging.getLogger("colorgan")
-if not log.handlers:  # a library that trains for minutes should say what it does; silence with logging as usual
-    _handler = logging.StreamHandler(sys.stderr)
-    _handler.setFormatter(logging.Formatter("colorgan: %(message)s"))
-    log.addHandler(_handler)
-    log.setLevel(logging.INFO)
+log = logging.getLogger("colorgan")  # no handler here: importing colorgan changes no logging or warnings setup
+
+
+def enable_logging() -> None:
+    """What the `colorgan` command sets up (a Python user may call it too, or configure logging as usual): its
+    progress lines on stderr, and silence for a deprecation warning fastai 2.8 triggers at import on torch >= 2.10
+    (fastai's to fix, not the user's)."""
+    if not any(getattr(h, "_colorgan", False) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("colorgan: %(message)s"))
+        handler._colorgan = True
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
 
 class ColorganError(Exception):

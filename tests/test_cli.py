@@ -87,3 +87,21 @@ def test_env_prints_versions_devices_and_the_policy():
         assert "device cpu, precision fp32" in out
     result = CliRunner().invoke(main, ["env", "--device", "bogus"])
     assert result.exit_code == 1 and "unknown device 'bogus'" in result.output
+
+
+def test_importing_colorgan_sets_up_no_logging_warnings_or_cudnn():
+    import subprocess
+    import sys
+    code = """
+import logging, warnings, torch
+import colorgan, colorgan.train, colorgan.inference, colorgan.serve
+ours = lambda: [f for f in warnings.filters if f[1] is not None and "jit" in f[1].pattern and "script" in f[1].pattern]
+assert not logging.getLogger("colorgan").handlers, logging.getLogger("colorgan").handlers
+assert not ours(), warnings.filters
+assert torch.backends.cudnn.benchmark is False
+from colorgan.utils import enable_logging
+enable_logging(); enable_logging()
+assert len(logging.getLogger("colorgan").handlers) == 1 and len(ours()) >= 1  # what the command sets up
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -93,7 +93,7 @@ def test_other_adversarial_losses_train(photo_dir, adv_loss):
     assert all(math.isfinite(learn.conditional_gan.epoch_mean(n)) for n in GAN_LOG)
 
 
-def test_gan_finetune_logs_losses_and_writes_a_loadable_artefact(photo_dir, stage_one, tmp_path):
+def test_gan_finetune_logs_losses_and_writes_a_loadable_artefact(photo_dir, stage_one, tmp_path, monkeypatch):
     run = tmp_path / "gan"
     gan_finetune(photo_dir, stage_one, run, recipe=tiny_recipe(critic={"n_filters": 8}))
     with open(run / "history.csv") as f:
@@ -105,7 +105,14 @@ def test_gan_finetune_logs_losses_and_writes_a_loadable_artefact(photo_dir, stag
     _, meta1 = load_generator(stage_one)
     assert meta["stage"] == "gan" and meta.keys() == meta1.keys() and meta["build"] == meta1["build"]
     assert (run / "critic.pth").is_file()
+    import colorgan.train
+    seen = []
+    real = colorgan.train.gan_learner
+    monkeypatch.setattr(colorgan.train, "gan_learner", lambda dls, gen, critic, **kw: seen.append(
+        {k: v.clone() for k, v in critic.state_dict().items()}) or real(dls, gen, critic, **kw))
     gan_finetune(photo_dir, run, tmp_path / "again", recipe=tiny_recipe(critic={"n_filters": 8}))  # GAN in, GAN out
+    saved = torch.load(run / "critic.pth", weights_only=True)["state_dict"]
+    assert all(torch.equal(seen[0][k], v) for k, v in saved.items())  # the critic that knows this generator
 
 
 def test_resume_restores_critic_and_optimizers(photo_dir, stage_one, tmp_path, monkeypatch):

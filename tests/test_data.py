@@ -77,6 +77,9 @@ def test_random_split_is_seeded(photo_dir):
     b = photo_dls(photo_dir, size=32, bs=2, valid_pct=0.25, seed=3, num_workers=1)
     assert np.array_equal(np.asarray(a.valid.dataset), np.asarray(b.valid.dataset))
     assert len(a.valid.dataset) == 3
+    others = [np.asarray(photo_dls(photo_dir, size=32, bs=2, valid_pct=0.25, seed=s, num_workers=1).valid.dataset)
+              for s in (4, 5, 6)]
+    assert any(not np.array_equal(o, np.asarray(a.valid.dataset)) for o in others)  # the seed is what decides
 
 
 def test_cache_is_rebuilt_when_the_folder_changes(tmp_path, photo_dir, caplog):
@@ -108,13 +111,19 @@ def test_find_photos_is_recursive_and_case_blind(tmp_path):
 
 
 def test_augmentation_is_identical_for_l_and_ab():
-    "Two flat colours of different lightness: after crop and flip every pixel's L still tells its ab."
+    """Two flat colours of different lightness, through the training loader's own augmenting step: after crop and
+    flip every pixel's L still tells its ab (a crop or flip applied to one of them alone would break this)."""
+    from colorgan.data import CachedPhotos, LabDataLoader
     rgb = torch.zeros(8, 3, 32, 32)
     rgb[:, 0, :, :16] = 0.9   # light red on the left
     rgb[:, 2, :, 16:] = 0.5   # dark blue on the right
     pure_l, pure_ab = color.lab_to_model(color.rgb_to_lab(rgb))
+    uint8 = (rgb.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
+    pure_l, pure_ab = color.lab_to_model(color.rgb_to_lab(torch.from_numpy(uint8).permute(0, 3, 1, 2) / 255))
+    dl = LabDataLoader(CachedPhotos(uint8), bs=8, augment=True, min_scale=0.2, device="cpu")
     torch.manual_seed(0)
-    l, ab = color.lab_to_model(color.rgb_to_lab(random_resized_crop(rgb, min_scale=0.2)))
+    l, ab = dl.one_batch()
+    assert not torch.equal(l, pure_l)  # the loader did augment
     for side in (slice(0, 16), slice(16, 32)):
         ref_l, ref_ab = pure_l[0, :, 0, side][:, 0], pure_ab[0, :, 0, side][:, 0]
         same = (l[:, 0] - ref_l).abs() < 1e-3

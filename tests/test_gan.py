@@ -85,12 +85,32 @@ def test_frozen_encoder_stays_put(photo_dir):
 
 
 @pytest.mark.parametrize("adv_loss", ["lsgan", "hinge"])
-def test_other_adversarial_losses_train(photo_dir, adv_loss):
+def test_other_adversarial_losses_train(photo_dir, adv_loss, monkeypatch):
+    import colorgan.gan
+    kinds, real = [], colorgan.gan.critic_loss
+    monkeypatch.setattr(colorgan.gan, "critic_loss", lambda kind, *a: kinds.append(kind) or real(kind, *a))
     dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False, num_workers=1)
     learn = gan_learner(dls, build_generator(pretrained=False, width=0.25, img_size=32), build_critic(n_filters=8),
                         adv_loss=adv_loss, label_smoothing=0.1, critic_steps=2)
     learn.fit(1, 1e-3)
     assert all(math.isfinite(learn.conditional_gan.epoch_mean(n)) for n in GAN_LOG)
+    assert kinds and set(kinds) == {adv_loss}  # the loss asked for, not a fallback to vanilla
+
+
+def test_adversarial_losses_on_known_logits():
+    from colorgan.losses import critic_loss, generator_loss
+    x = torch.tensor([[2.0, -1.0]])
+    sp = torch.nn.functional.softplus
+    assert critic_loss("vanilla", x, True) == pytest.approx(float(sp(-x).mean()))
+    assert critic_loss("vanilla", x, False) == pytest.approx(float(sp(x).mean()))
+    assert critic_loss("vanilla", x, True, smoothing=0.1) == pytest.approx(float((0.9 * sp(-x) + 0.1 * sp(x)).mean()))
+    assert critic_loss("lsgan", x, True) == pytest.approx(((2 - 1) ** 2 + (-1 - 1) ** 2) / 2)
+    assert critic_loss("lsgan", x, False) == pytest.approx((2 ** 2 + 1) / 2)
+    assert critic_loss("hinge", x, True) == pytest.approx((0 + 2) / 2)
+    assert critic_loss("hinge", x, False) == pytest.approx((3 + 0) / 2)
+    assert generator_loss("vanilla", x) == pytest.approx(float(sp(-x).mean()))
+    assert generator_loss("lsgan", x) == pytest.approx(((2 - 1) ** 2 + (-1 - 1) ** 2) / 2)
+    assert generator_loss("hinge", x) == pytest.approx(-0.5)
 
 
 def test_gan_finetune_logs_losses_and_writes_a_loadable_artefact(photo_dir, stage_one, tmp_path, monkeypatch):
@@ -214,3 +234,26 @@ def test_stage_two_writes_the_generator_its_rule_kept(photo_dir, stage_one, tmp_
     recipe = (run / "recipe.resolved.toml").read_text()
     for line in ("[keep]", "max_psnr_drop = 0.5", "ema_decay = 0.99", "moms = [0.5, 0.5, 0.5]"):
         assert line in recipe, line
+
+
+def test_critic_steps_and_critic_every_count_as_documented(photo_dir, monkeypatch):
+    "7 batches, warmup 2 (one critic step each), then every 2nd batch 3 critic steps: 2 + 3 * 3 = 11."
+    from colorgan.gan import ConditionalGAN
+    dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False, epoch_batches=7)
+    learn = gan_learner(dls, build_generator(pretrained=False, width=0.25, img_size=32), build_critic(n_filters=8),
+                        warmup=2, critic_every=2, critic_steps=3)
+    steps, real = [], ConditionalGAN._critic_step
+    monkeypatch.setattr(ConditionalGAN, "_critic_step", lambda self: steps.append(self.n_batches) or real(self))
+    learn.fit(1, 1e-4)
+    assert steps == [0, 1, 2, 2, 2, 4, 4, 4, 6, 6, 6]
+
+
+def test_stage_two_validates_the_plain_l1_of_its_generator(learn):
+    "valid_loss is the generator's L1 on the validation photos: no adversarial term, no critic, no EMA drift."
+    l1, n = 0.0, 0
+    learn.model.eval()
+    with torch.no_grad():
+        for l, ab in learn.dls.valid:
+            l1 += torch.nn.functional.l1_loss(learn.model(l), ab, reduction="sum").item() / ab[0].numel()
+            n += len(l)
+    assert learn.validate()[0] == pytest.approx(l1 / n, rel=1e-4)

@@ -183,7 +183,7 @@ def test_colorize_cli_mirrors_inputs_and_survives_a_corrupt_file(artefact, tmp_p
     out = tmp_path / "out"
     r = CliRunner().invoke(main, ["colorize", str(artefact), str(src), str(files[2]), "--out", str(out), "--compare"])
     assert r.exit_code == 1, r.output
-    assert "broken.jpg" in r.output and "2 failed" not in r.output
+    assert "broken.jpg" in r.output and "3 colorized, 0 kept, 1 failed" in r.output
     assert (out / "a.jpg").is_file() and (out / "nested" / "b.png").is_file() and (out / files[2].name).is_file()
     assert (out / "a_compare.jpg").is_file()
     assert Image.open(out / "nested" / "b.png").size == Image.open(src / "nested" / "b.png").size
@@ -228,3 +228,21 @@ def test_false_color_and_lightness_drift_on_known_images():
     brighter = lab.clone()
     brighter[:, 0] += 3.0
     assert lightness_drift(brighter, lab).item() == pytest.approx(3.0, abs=1e-4)
+
+
+def test_training_and_inference_agree_on_a_training_size_photo(artefact, photo_dir):
+    "A 32 px photo: what the training loader feeds the net and what Colorizer renders give the same chroma."
+    from colorgan.artifacts import load_generator
+    from colorgan.color import denorm_l, gamut_scale, norm_l, rgb_to_lab
+    from colorgan.data import CachedPhotos, LabDataLoader
+    img = Image.open(sorted(photo_dir.glob("*.jpg"))[0]).convert("RGB").resize((32, 32))
+    net, _ = load_generator(artefact)
+    (l, _), = [LabDataLoader(CachedPhotos(np.asarray(img)[None]), bs=1, device="cpu").one_batch()]
+    with torch.no_grad():
+        trained_ab = net(l) * 110
+    out = Colorizer.from_artifact(artefact, device="cpu", engine="torch")(img)
+    lab = rgb_to_lab(torch.from_numpy(np.asarray(out)).permute(2, 0, 1)[None].float() / 255)
+    assert (norm_l(lab[:, :1]) - l).abs().max() < 0.02  # the same lightness in, 8-bit rounding aside
+    inside = gamut_scale(torch.cat([denorm_l(l), trained_ab], 1)) == 1  # where no chroma had to go
+    assert inside.float().mean() > 0.5
+    assert (lab[:, 1:] - trained_ab).abs()[inside.expand(-1, 2, -1, -1)].mean() < 0.5  # the same chroma (CIELAB)

@@ -28,7 +28,9 @@ def test_decoder_options_build_and_run():
 def test_splitter_covers_every_parameter_once(generator):
     groups = body_head_split(generator)
     assert len(groups) == 2
-    assert sum(len(g) for g in groups) == len(list(generator.parameters()))
+    encoder, decoder = ({id(p) for p in g} for g in groups)
+    assert encoder == {id(p) for p in generator[0].parameters()}  # the timm body, and only it, is group 0
+    assert not encoder & decoder and encoder | decoder == {id(p) for p in generator.parameters()}
 
 
 def test_width_narrows_the_network_and_is_refused_where_no_weights_fit(generator):

@@ -56,14 +56,16 @@ def test_resume_continues_from_the_saved_epoch(photo_dir, tmp_path, monkeypatch)
     assert len(first) == 1 and saved["epoch"] == 1 and not (run / "generator.pth").exists()
     assert saved["best"] == pytest.approx(float(first[0]["valid_loss"]))  # the checkpoint knows this epoch's score
 
-    seen = []
+    seen, grid = [], run / "samples/epoch_001.png"
+    stamp, pixels = grid.stat().st_mtime_ns, grid.read_bytes()
     monkeypatch.setattr(RunCheckpoint, "before_fit", lambda self: seen.append(
         {k: v.clone() for k, v in self.model.state_dict().items()}) or setattr(self, "sample", None))
     pretrain(photo_dir, run, resume=True)
     rows = _read_history(run)
     assert [r["epoch"] for r in rows] == ["0", "1", "2"]
     assert rows[0]["train_loss"] == first[0]["train_loss"]  # the interrupted epoch's numbers, replayed
-    assert not (run / "samples/epoch_001.png").stat().st_mtime > (run / "samples/epoch_002.png").stat().st_mtime
+    assert grid.stat().st_mtime_ns == stamp and grid.read_bytes() == pixels  # epoch 1 is not trained again
+    assert (run / "samples/epoch_003.png").is_file()
     assert all(torch.equal(seen[0][k], v) for k, v in saved["model"].items())  # started from the checkpoint
     assert torch.load(run / "checkpoints/last.pth", weights_only=True)["epoch"] == 3
 

@@ -25,7 +25,7 @@ from .photos import PhotoSet, decode_photo, find_photos, load_photos, report
 from .show import show_columns
 from .utils import ColorganError, log
 
-__all__ = ["LabDataLoader", "LabDataLoaders", "photo_dls", "split_photos", "random_resized_crop"]
+__all__ = ["LabDataLoader", "LabDataLoaders", "photo_dls", "split_photos", "split_indices", "random_resized_crop"]
 
 
 def random_resized_crop(rgb: torch.Tensor, min_scale: float = 0.35, ratio=(3 / 4, 4 / 3),
@@ -53,7 +53,13 @@ class CachedPhotos:
         self.index = np.arange(len(pixels)) if index is None else np.asarray(index)
 
     def __len__(self): return len(self.index)
-    def __getitem__(self, i): return self.pixels[np.sort(self.index[i])]  # sorted: sequential reads
+    def __getitem__(self, i):
+        "The rows asked for, in the order asked; read from the memory map in sorted order (sequential reads)."
+        rows = np.atleast_1d(self.index[i])
+        order = np.argsort(rows, kind="stable")
+        out = np.empty((len(rows), *self.pixels.shape[1:]), dtype=self.pixels.dtype)
+        out[order] = self.pixels[rows[order]]
+        return out if np.ndim(self.index[i]) else out[0]
     def __array__(self, dtype=None, copy=None): return np.asarray(self.pixels[self.index], dtype=dtype)
     @property
     def shape(self): return (len(self.index), *self.pixels.shape[1:])
@@ -156,23 +162,38 @@ def _decode_item(item, size: int) -> np.ndarray:
     return np.asarray(ImageOps.fit(rgb, (size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
 
 
-def split_photos(path: Path, valid_pct: float, seed: int) -> tuple[list[Path], list[Path]]:
-    "train/ and valid/ subfolders when both exist, else a seeded random `valid_pct` of all photos."
+def split_indices(n: int, valid_pct: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    "(train, valid) positions into n >= 2 photos: a seeded random `valid_pct` to validate on, at least one each."
+    order = np.random.default_rng(seed).permutation(n)
+    n_valid = min(max(1, round(n * valid_pct)), n - 1)
+    return np.sort(order[n_valid:]), np.sort(order[:n_valid])
+
+
+def _usable(photos: PhotoSet, rows: np.ndarray, keep_gray: bool, what: str, path: Path) -> CachedPhotos:
+    "The rows of one decoded folder that are usable (readable, and in colour unless `keep_gray`)."
+    rows = np.intersect1d(rows, photos.usable(keep_gray))
+    if len(rows) == 0:
+        raise ColorganError(f"no usable {what} photos in {path}: {len(photos.files)} found, none readable in colour")
+    return CachedPhotos(photos.pixels, rows)
+
+
+def split_photos(path: Path, size: int, valid_pct: float, seed: int, keep_gray: bool, cache_dir=None,
+                 decode_workers: int | None = None) -> tuple[CachedPhotos, CachedPhotos]:
+    """train/ and valid/ subfolders when both exist, else a seeded random `valid_pct` of one folder: each folder is
+    decoded once (per size) into the cache, and the splits are index arrays into it, so a new seed or valid_pct
+    decodes nothing and `evaluate` reads the same cache."""
     if (path / "train").is_dir() and (path / "valid").is_dir():
-        return find_photos(path / "train"), find_photos(path / "valid")
+        sets = [load_photos(find_photos(path / sub), size, cache_dir, decode_workers) for sub in ("train", "valid")]
+        report(sets, keep_gray)
+        return tuple(_usable(s, np.arange(len(s.files)), keep_gray, what, path)
+                     for s, what in zip(sets, ("training", "validation")))
     files = find_photos(path)
     if len(files) < 2:
         raise ColorganError(f"{path} holds {len(files)} photo; training needs at least 2 (one to validate on)")
-    order = np.random.default_rng(seed).permutation(len(files))
-    n_valid = min(max(1, round(len(files) * valid_pct)), len(files) - 1)
-    return [files[i] for i in sorted(order[n_valid:])], [files[i] for i in sorted(order[:n_valid])]
-
-
-def _usable(photos: PhotoSet, keep_gray: bool, what: str, path: Path) -> CachedPhotos:
-    idx = photos.usable(keep_gray)
-    if len(idx) == 0:
-        raise ColorganError(f"no usable {what} photos in {path}: {len(photos.files)} found, none readable in colour")
-    return CachedPhotos(photos.pixels, idx)
+    photos = load_photos(files, size, cache_dir, decode_workers)
+    report([photos], keep_gray)
+    train, valid = split_indices(len(files), valid_pct, seed)
+    return _usable(photos, train, keep_gray, "training", path), _usable(photos, valid, keep_gray, "validation", path)
 
 
 def photo_colorfulness(photos: CachedPhotos, chunk: int = 256) -> np.ndarray:
@@ -195,16 +216,15 @@ def _colourful_enough(photos: CachedPhotos, min_colorfulness: float) -> CachedPh
 def photo_dls(path: str | os.PathLike, size: int = 256, bs: int = 16, valid_pct: float = 0.1, seed: int = 42,
               keep_gray: bool = False, augment: bool = True, min_scale: float = 0.35,
               min_colorfulness: float = 0.0, epoch_batches: int | None = None, cache_dir: str | None = None,
-              num_workers: int | None = None, device=None) -> DataLoaders:
+              decode_workers: int | None = None, device=None) -> DataLoaders:
     """A folder of photos -> DataLoaders of (L, ab) batches at `size` px (L (N,1,S,S) and ab (N,2,S,S), both
     scaled to about [-1, 1]). Unreadable files are skipped and gray ones left out, each with a summary line;
     `min_colorfulness` also leaves out dull training photos. `epoch_batches` makes an epoch that many batches
-    (validation, checkpoints and sample grids come that often) while every photo is still seen in turn."""
+    (validation, checkpoints and sample grids come that often) while every photo is still seen in turn.
+    `decode_workers`: processes that decode photos into the cache the first time (default: the CPU count, up to
+    16); batches are made in the main process, from the cache."""
     path = Path(path)
-    train_files, valid_files = split_photos(path, valid_pct, seed)
-    sets = [load_photos(files, size, cache_dir, num_workers) for files in (train_files, valid_files)]
-    report(sets, keep_gray)
-    train, valid = (_usable(s, keep_gray, what, path) for s, what in zip(sets, ("training", "validation")))
+    train, valid = split_photos(path, size, valid_pct, seed, keep_gray, cache_dir, decode_workers)
     train = _colourful_enough(train, min_colorfulness)
     if len(train) < 2:
         raise ColorganError(f"{path} has {len(train)} usable training photo; BatchNorm needs batches of 2 or more")

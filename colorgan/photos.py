@@ -82,21 +82,22 @@ def default_cache_dir() -> Path:
 
 
 def _cache_stem(files: list[Path], size: int) -> tuple[str, str]:
-    "(prefix naming the file set and size, digest of every file's path, length and modification time)"
+    """(prefix naming the folder and size: one cache each, a changed folder replaces its own; digest of every file's
+    path, length and modification time)"""
     where = hashlib.sha1(os.fsencode(os.path.commonpath([str(f.resolve().parent) for f in files]))).hexdigest()[:10]
     h = hashlib.sha1(f"{CACHE_FORMAT}:{size}".encode())
     for f in files:  # os.fsencode: a file name that is not valid UTF-8 hashes as the bytes it is on disk
         st = f.stat()
         h.update(os.fsencode(f.resolve()) + f":{st.st_size}:{st.st_mtime_ns}\n".encode())
-    return f"{where}-{size}px-{len(files)}", h.hexdigest()[:16]
+    return f"{where}-{size}px", h.hexdigest()[:16]
 
 
-def _decode_all(files: list[Path], size: int, out: np.ndarray, num_workers: int) -> list[str]:
-    "Decode every file into its row of `out` (in worker processes when `num_workers` > 1); return the statuses."
+def _decode_all(files: list[Path], size: int, out: np.ndarray, decode_workers: int) -> list[str]:
+    "Decode every file into its row of `out` (in worker processes when `decode_workers` > 1); return the statuses."
     args = ([str(f) for f in files], [size] * len(files))
-    if num_workers <= 1:
+    if decode_workers <= 1:
         return _collect(map(decode_photo, *args), out)
-    with ProcessPoolExecutor(num_workers) as pool:
+    with ProcessPoolExecutor(decode_workers) as pool:
         return _collect(pool.map(decode_photo, *args, chunksize=16), out)
 
 
@@ -110,13 +111,13 @@ def _collect(results, out: np.ndarray) -> list[str]:
 
 
 def load_photos(files: list[Path], size: int, cache_dir: str | os.PathLike | None = None,
-                num_workers: int | None = None) -> PhotoSet:
+                decode_workers: int | None = None) -> PhotoSet:
     "Decode `files` at `size` into the cache (or reuse it when the files have not changed) and map it."
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     prefix, digest = _cache_stem(files, size)
     npy, meta = cache_dir / f"{prefix}-{digest}.npy", cache_dir / f"{prefix}-{digest}.json"
     if not (npy.exists() and meta.exists()):
-        _build_cache(files, size, npy, meta, num_workers or min(os.cpu_count() or 1, 16))
+        _build_cache(files, size, npy, meta, decode_workers or min(os.cpu_count() or 1, 16))
         for stale in cache_dir.glob(f"{prefix}-*"):
             if digest not in stale.name:
                 stale.unlink(missing_ok=True)
@@ -124,7 +125,7 @@ def load_photos(files: list[Path], size: int, cache_dir: str | os.PathLike | Non
     return PhotoSet(files, statuses, np.load(npy, mmap_mode="r"))
 
 
-def _build_cache(files: list[Path], size: int, npy: Path, meta: Path, num_workers: int) -> None:
+def _build_cache(files: list[Path], size: int, npy: Path, meta: Path, decode_workers: int) -> None:
     log.info(f"decoding {len(files)} photos at {size} px into the cache {npy.parent} (once)")
     npy.parent.mkdir(parents=True, exist_ok=True)
     need, free = len(files) * size * size * 3 + 2 ** 20, shutil.disk_usage(npy.parent).free
@@ -136,7 +137,7 @@ def _build_cache(files: list[Path], size: int, npy: Path, meta: Path, num_worker
         pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), size, size, 3))
         with open(tmp, "r+b") as f:  # reserve the blocks now: a memory map that meets a full disk dies of SIGBUS
             os.posix_fallocate(f.fileno(), 0, os.path.getsize(tmp))
-        statuses = _decode_all(files, size, pixels, num_workers)
+        statuses = _decode_all(files, size, pixels, decode_workers)
         pixels.flush()
         del pixels
     with atomic_path(meta) as tmp:

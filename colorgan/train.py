@@ -30,7 +30,7 @@ RECIPE_NAME = "recipe.resolved.toml"
 # Limits on values that have the right type but would crash deep inside, or train nothing (docs/reliability.md)
 DATA_LIMITS = {"size": whole(32, 4096), "bs": whole(1), "valid_pct": number(0, 1, True, True),
                "min_scale": number(0, 1, low_open=True), "min_colorfulness": number(0), "seed": whole(0),
-               "epoch_batches": whole(1, optional=True), "num_workers": whole(0, optional=True)}
+               "epoch_batches": whole(1, optional=True), "decode_workers": whole(1, optional=True)}
 LEARNER_LIMITS = {"wd": number(0), "precision": one_of("auto", "fp32", "bf16", "fp16"),
                   "ema_decay": number(0, 1, high_open=True, optional=True)}
 _LR = number(0, low_open=True, optional=True)[0]

@@ -45,7 +45,7 @@ def mixed_dir(tmp_path, photo_dir):
 
 def test_dataloaders_from_a_folder_with_every_bad_kind(mixed_dir, caplog):
     with caplog.at_level(logging.INFO, logger="colorgan"):
-        dls = photo_dls(mixed_dir, size=32, bs=4, valid_pct=0.25, num_workers=2)
+        dls = photo_dls(mixed_dir, size=32, bs=4, valid_pct=0.25, decode_workers=2)
     text = caplog.text
     assert "skipped 3 unreadable file(s)" in text
     assert "left out 3 gray photo(s)" in text
@@ -60,7 +60,7 @@ def test_dataloaders_from_a_folder_with_every_bad_kind(mixed_dir, caplog):
 
 
 def test_keep_gray_keeps_gray_photos(mixed_dir):
-    dls = photo_dls(mixed_dir, size=32, bs=4, valid_pct=0.25, keep_gray=True, num_workers=1)
+    dls = photo_dls(mixed_dir, size=32, bs=4, valid_pct=0.25, keep_gray=True, decode_workers=1)
     assert len(dls.train.dataset) + len(dls.valid.dataset) == 14
 
 
@@ -68,16 +68,16 @@ def test_train_valid_subfolders_give_the_split(tmp_path, photo_dir):
     files = sorted(photo_dir.glob("*.jpg"))
     for i, p in enumerate(files[:9]):
         _save(Image.open(p), tmp_path / ("valid" if i < 3 else "train") / p.name)
-    dls = photo_dls(tmp_path, size=32, bs=2, num_workers=1)
+    dls = photo_dls(tmp_path, size=32, bs=2, decode_workers=1)
     assert (len(dls.train.dataset), len(dls.valid.dataset)) == (6, 3)
 
 
 def test_random_split_is_seeded(photo_dir):
-    a = photo_dls(photo_dir, size=32, bs=2, valid_pct=0.25, seed=3, num_workers=1)
-    b = photo_dls(photo_dir, size=32, bs=2, valid_pct=0.25, seed=3, num_workers=1)
+    a = photo_dls(photo_dir, size=32, bs=2, valid_pct=0.25, seed=3, decode_workers=1)
+    b = photo_dls(photo_dir, size=32, bs=2, valid_pct=0.25, seed=3, decode_workers=1)
     assert np.array_equal(np.asarray(a.valid.dataset), np.asarray(b.valid.dataset))
     assert len(a.valid.dataset) == 3
-    others = [np.asarray(photo_dls(photo_dir, size=32, bs=2, valid_pct=0.25, seed=s, num_workers=1).valid.dataset)
+    others = [np.asarray(photo_dls(photo_dir, size=32, bs=2, valid_pct=0.25, seed=s, decode_workers=1).valid.dataset)
               for s in (4, 5, 6)]
     assert any(not np.array_equal(o, np.asarray(a.valid.dataset)) for o in others)  # the seed is what decides
 
@@ -86,13 +86,38 @@ def test_cache_is_rebuilt_when_the_folder_changes(tmp_path, photo_dir, caplog):
     for p in sorted(photo_dir.glob("*.jpg"))[:4]:
         _save(Image.open(p), tmp_path / p.name)
     with caplog.at_level(logging.INFO, logger="colorgan"):
-        photo_dls(tmp_path, size=32, bs=2, num_workers=1)
+        photo_dls(tmp_path, size=32, bs=2, decode_workers=1)
         caplog.clear()
-        photo_dls(tmp_path, size=32, bs=2, num_workers=1)
+        photo_dls(tmp_path, size=32, bs=2, decode_workers=1)
         assert "decoding" not in caplog.text  # second run decodes nothing
         _save(Image.open(sorted(photo_dir.glob("*.jpg"))[5]), tmp_path / "new.jpg")
-        photo_dls(tmp_path, size=32, bs=2, num_workers=1)
+        photo_dls(tmp_path, size=32, bs=2, decode_workers=1)
         assert "decoding" in caplog.text
+
+
+def test_one_cache_per_folder_and_size_whatever_the_split(tmp_path, photo_dir, caplog, monkeypatch):
+    "A new seed or valid_pct, and evaluate on the same folder, decode nothing; a changed folder replaces its cache."
+    from colorgan.evaluate import evaluate
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("COLORGAN_CACHE", str(cache))
+    photo_dls(photo_dir, size=32, bs=2, decode_workers=1)
+    with caplog.at_level(logging.INFO, logger="colorgan"):
+        caplog.clear()
+        for seed, pct in [(1, 0.25), (2, 0.5), (3, 0.1)]:
+            photo_dls(photo_dir, size=32, bs=2, valid_pct=pct, seed=seed, decode_workers=1)
+        evaluate(None, photo_dir, tmp_path / "e", baseline="gray", size=32)
+        assert "decoding" not in caplog.text
+    assert len(list(cache.glob("*.npy"))) == 1
+    photo_dls(photo_dir, size=48, bs=2, decode_workers=1)
+    assert len(list(cache.glob("*.npy"))) == 2  # another size is another cache, and the first one stays
+
+
+def test_cached_photos_come_back_in_the_order_asked(photo_dir):
+    from colorgan.data import CachedPhotos
+    pixels = np.arange(6)[:, None, None, None] * np.ones((6, 2, 2, 3), dtype=np.uint8)
+    rows = CachedPhotos(pixels, np.array([5, 1, 3, 0]))
+    assert [int(r[0, 0, 0]) for r in rows[np.array([2, 0, 3, 1])]] == [3, 5, 0, 1]
+    assert int(rows[1][0, 0, 0]) == 1
 
 
 @pytest.mark.parametrize("make", [lambda p: None, lambda p: p.mkdir(), lambda p: (p.mkdir(), (p / "a.txt").write_text("x"))])
@@ -135,7 +160,7 @@ def test_augmentation_is_identical_for_l_and_ab():
 def test_show_batch_and_flip_varies(photo_dir):
     import matplotlib
     matplotlib.use("Agg")
-    dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, num_workers=1)
+    dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, decode_workers=1)
     axs = dls.show_batch(max_n=2)
     assert len(axs) == 4 and axs[1].get_title() == "colour"
 
@@ -144,4 +169,4 @@ def test_too_few_photos_is_a_clear_error(tmp_path, photo_dir):
     for p in sorted(photo_dir.glob("*.jpg"))[:2]:
         _save(Image.open(p), tmp_path / p.name)
     with pytest.raises(ColorganError, match="1 usable training photo"):
-        photo_dls(tmp_path, size=32, num_workers=1)
+        photo_dls(tmp_path, size=32, decode_workers=1)

@@ -20,7 +20,7 @@ from conftest import TINY_MODEL, interrupted, tiny_recipe
 @pytest.fixture
 def dls(photo_dir):
     set_seed(0)
-    return photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False, num_workers=1)
+    return photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False, decode_workers=1)
 
 
 def _gpu(monkeypatch, capability):

@@ -32,7 +32,7 @@ def _changed(before, module):
 @pytest.fixture
 def learn(photo_dir):
     set_seed(0)
-    dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False, num_workers=1)
+    dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False, decode_workers=1)
     return gan_learner(dls, build_generator(pretrained=False, width=0.25, img_size=32), build_critic(n_filters=8))
 
 
@@ -76,7 +76,7 @@ def test_warmup_trains_the_critic_alone(learn):
 
 
 def test_frozen_encoder_stays_put(photo_dir):
-    dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False, num_workers=1)
+    dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False, decode_workers=1)
     learn = gan_learner(dls, build_generator(pretrained=False, width=0.25, img_size=32), build_critic(n_filters=8),
                         freeze_encoder=True)
     conv = learn.model[0][0].weight.detach().clone()
@@ -89,7 +89,7 @@ def test_other_adversarial_losses_train(photo_dir, adv_loss, monkeypatch):
     import colorgan.gan
     kinds, real = [], colorgan.gan.critic_loss
     monkeypatch.setattr(colorgan.gan, "critic_loss", lambda kind, *a: kinds.append(kind) or real(kind, *a))
-    dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False, num_workers=1)
+    dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False, decode_workers=1)
     learn = gan_learner(dls, build_generator(pretrained=False, width=0.25, img_size=32), build_critic(n_filters=8),
                         adv_loss=adv_loss, label_smoothing=0.1, critic_steps=2)
     learn.fit(1, 1e-3)
@@ -196,7 +196,7 @@ def test_ema_weights_are_validated_and_kept(photo_dir):
     "Validation sees the averaged generator, and after the fit the model holds it."
     from colorgan.callbacks import GeneratorEMA
     set_seed(0)
-    dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False, num_workers=1)
+    dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False, decode_workers=1)
     learn = gan_learner(dls, build_generator(pretrained=False, width=0.25, img_size=32), build_critic(n_filters=8),
                         ema_decay=0.5)
     ema, seen = learn.generator_ema, {}
@@ -217,7 +217,7 @@ def test_ema_weights_are_validated_and_kept(photo_dir):
 
 
 def test_ema_off_validates_the_raw_weights(photo_dir):
-    dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False, num_workers=1)
+    dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False, decode_workers=1)
     learn = gan_learner(dls, build_generator(pretrained=False, width=0.25, img_size=32), build_critic(n_filters=8),
                         ema_decay=None)
     assert not hasattr(learn, "generator_ema")

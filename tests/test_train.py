@@ -19,7 +19,7 @@ def _l1(learn, dl):
 
 def test_training_lowers_l1_on_a_fixed_set(photo_dir):
     set_seed(0)
-    dls = photo_dls(photo_dir, size=32, bs=2, valid_pct=0.25, augment=False, num_workers=1)
+    dls = photo_dls(photo_dir, size=32, bs=2, valid_pct=0.25, augment=False, decode_workers=1)
     learn = pretrain_learner(dls, pretrained=False, width=0.25)
     fixed = dls.train.new(shuffle=False, drop_last=False)
     before = _l1(learn, fixed)
@@ -122,7 +122,7 @@ def test_the_colour_rule_keeps_the_right_generator():
 
 def test_epochs_of_a_few_batches_still_see_every_photo(photo_dir):
     "epoch_batches: short epochs that continue one shuffled queue, so each photo comes once before any twice."
-    dls = photo_dls(photo_dir, size=32, bs=2, valid_pct=0.25, augment=False, num_workers=1, epoch_batches=2)
+    dls = photo_dls(photo_dir, size=32, bs=2, valid_pct=0.25, augment=False, decode_workers=1, epoch_batches=2)
     assert len(dls.train) == 2
     seen = [i for _ in range(2) for i in dls.train.get_idxs()]
     assert sorted(seen[:8]) == sorted(set(seen[:8])) and len(seen) == 8
@@ -133,10 +133,10 @@ def test_epochs_of_a_few_batches_still_see_every_photo(photo_dir):
 
 def test_dull_photos_are_left_out(photo_dir):
     from colorgan.data import photo_colorfulness
-    dls = photo_dls(photo_dir, size=32, bs=2, valid_pct=0.25, augment=False, num_workers=1)
+    dls = photo_dls(photo_dir, size=32, bs=2, valid_pct=0.25, augment=False, decode_workers=1)
     cf = photo_colorfulness(dls.train.dataset)
     threshold = float(sorted(cf)[len(cf) // 2])
-    fewer = photo_dls(photo_dir, size=32, bs=2, valid_pct=0.25, augment=False, num_workers=1,
+    fewer = photo_dls(photo_dir, size=32, bs=2, valid_pct=0.25, augment=False, decode_workers=1,
                       min_colorfulness=threshold)
     assert len(fewer.train.dataset) == int((cf >= threshold).sum()) < len(cf)
     assert photo_colorfulness(fewer.train.dataset).min() >= threshold

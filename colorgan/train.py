@@ -69,7 +69,7 @@ def prepare_run(out, recipe, overrides, schema: dict, resume: bool, overwrite: b
             raise ColorganError(f"nothing to resume in {run}: it has no {RECIPE_NAME}")
         if is_main_process():
             clear_stale_temporaries(run)
-        return load_recipe(run / RECIPE_NAME, schema, overrides)
+        return _resumed_recipe(run, schema, overrides)
     resolved = load_recipe(recipe, schema, overrides)
     if (run / ARTIFACT_NAME).exists() or (run / LAST).exists():
         if not overwrite:
@@ -83,6 +83,18 @@ def prepare_run(out, recipe, overrides, schema: dict, resume: bool, overwrite: b
         with atomic_path(run / RECIPE_NAME) as tmp:
             tmp.write_text(dumps_toml(resolved))
     return resolved
+
+
+def _resumed_recipe(run: Path, schema: dict, overrides) -> dict:
+    """The run's own resolved recipe plus `overrides` (written back once the learner is built); a change that makes
+    the continued run differ from one run straight through (epochs: the one-cycle schedule; the seed: the split and
+    augmentation) is warned about."""
+    before, after = load_recipe(run / RECIPE_NAME, schema), load_recipe(run / RECIPE_NAME, schema, overrides)
+    for section, key, effect in (("fit", "n_epoch", "the learning-rate schedule is stretched from here on"),
+                                 ("data", "seed", "the train/valid split and the augmentation change")):
+        if before[section][key] != after[section][key]:
+            log.warning(f"resuming with {section}.{key} = {after[section][key]} (was {before[section][key]}): {effect}")
+    return after
 
 
 RUN_FILES = (ARTIFACT_NAME, CRITIC_NAME, RECIPE_NAME, "history.csv", str(LAST), str(BEST), "checkpoints/start.json")

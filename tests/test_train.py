@@ -168,3 +168,14 @@ def test_predict_get_preds_and_export_work_on_both_learners(photo_dir, tmp_path,
     learn.export(tmp_path / "learner.pkl")
     again = load_learner(tmp_path / "learner.pkl")
     assert torch.allclose(again.predict(astronaut)[1], ab, atol=1e-5)
+
+
+def test_resume_with_new_epochs_rewrites_the_recipe_and_warns(photo_dir, tmp_path, caplog):
+    import logging
+    run = tmp_path / "run"
+    pretrain(photo_dir, run, recipe=tiny_recipe(model=TINY_MODEL, fit={"n_epoch": 1}))
+    with caplog.at_level(logging.WARNING, logger="colorgan"):
+        pretrain(photo_dir, run, resume=True, overrides=["fit.n_epoch=2"])
+    assert "fit.n_epoch = 2 (was 1)" in caplog.text and "schedule" in caplog.text
+    assert "n_epoch = 2" in (run / "recipe.resolved.toml").read_text()
+    assert len(_read_history(run)) == 2

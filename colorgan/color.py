@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 
 __all__ = ["rgb_to_lab", "lab_to_rgb", "lab_to_linear", "fit_gamut", "gamut_scale", "srgb_to_linear",
-           "linear_to_srgb", "norm_l", "denorm_l", "norm_ab", "denorm_ab", "lab_to_model",
-           "model_to_rgb", "pil_to_rgb_array", "pil_to_rgb8", "pil_to_l", "lightness_of_rgb8", "exif_upright",
-           "is_grayscale", "SCALINGS"]
+           "linear_to_srgb", "norm_l", "denorm_l", "norm_ab", "denorm_ab", "lab_to_model", "model_to_rgb",
+           "gray_rgb", "lightness_of_gray8", "lightness_of_rgb8", "SCALINGS"]
 
 # sRGB -> XYZ (D65) and the D65 reference white, as in skimage.color.colorconv
 _XYZ_FROM_RGB = torch.tensor([[0.412453, 0.357580, 0.180423],
@@ -157,44 +155,20 @@ def model_to_rgb(l: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
     return lab_to_rgb(lab)
 
 
-_WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
-_GRAY_MODES = {"1", "L", "LA"} | _WIDE_MODES
-
-
-def _wide_gray(img: Image.Image) -> np.ndarray:
-    "A 16-bit, 32-bit or float gray image -> float32 (H,W) in [0,1], keeping its full precision."
-    arr = np.asarray(img, dtype=np.float32)
-    if img.mode == "F":
-        return np.clip(arr, 0, 1)
-    peak = 255.0 if img.mode == "I" and arr.max(initial=0) <= 255 else 65535.0
-    return np.clip(arr / peak, 0, 1)
-
-
-def pil_to_rgb_array(img: Image.Image) -> np.ndarray:
-    """Any PIL image -> float32 sRGB array (H,W,3) in [0,1], EXIF orientation applied.
-
-    Handles RGB, RGBA, 8- and 16-bit gray, LA, palette (with transparency), CMYK and float images; 16-bit
-    gray keeps its full precision. Alpha is dropped (a colorizer works on what is painted, not on coverage).
-    """
-    img = exif_upright(img)
-    if img.mode in _WIDE_MODES:
-        return np.repeat(_wide_gray(img)[..., None], 3, axis=2)
-    return np.asarray(pil_to_rgb8(img), dtype=np.float32) / 255.0
-
-
-def pil_to_rgb8(img: Image.Image) -> Image.Image:
-    "Any PIL image -> an 8-bit RGB PIL image (16-bit gray rounded to 8 bits). Apply EXIF orientation first."
-    if img.mode in _WIDE_MODES:
-        return Image.fromarray((_wide_gray(img) * 255 + 0.5).astype(np.uint8)).convert("RGB")
-    if img.mode == "P":
-        img = img.convert("RGBA")
-    return img.convert("RGB")
+def gray_rgb(l: torch.Tensor) -> torch.Tensor:
+    "The model's scaled L (N,1,H,W) -> its gray sRGB (N,3,H,W): the one way colorgan renders a photo without colour."
+    return model_to_rgb(l, torch.zeros_like(l).expand(-1, 2, -1, -1))
 
 
 _LEVELS = torch.arange(256, dtype=torch.float64) / 255
 _LINEAR_OF_8BIT = srgb_to_linear(_LEVELS).float().numpy()          # sRGB level -> linear light
 _L_OF_8BIT_GRAY = (116 * _f(srgb_to_linear(_LEVELS)) - 16).float().numpy()  # gray level -> CIELAB L
 _Y_FROM_RGB = _XYZ_FROM_RGB[1].float().numpy()
+
+
+def lightness_of_gray8(gray: np.ndarray) -> torch.Tensor:
+    "uint8 gray (H,W) -> CIELAB L as (1,1,H,W) float32: one table lookup a pixel."
+    return torch.from_numpy(_L_OF_8BIT_GRAY[gray])[None, None]
 
 
 def lightness_of_rgb8(rgb: np.ndarray, strip_rows: int = 256) -> torch.Tensor:
@@ -206,29 +180,3 @@ def lightness_of_rgb8(rgb: np.ndarray, strip_rows: int = 256) -> torch.Tensor:
         y = torch.from_numpy(_LINEAR_OF_8BIT[rgb[top:top + strip_rows]] @ _Y_FROM_RGB)
         out[0, 0, top:top + strip_rows] = 116 * _f(y) - 16
     return out
-
-
-def pil_to_l(img: Image.Image) -> torch.Tensor:
-    "Any PIL image -> its CIELAB lightness as a (1,1,H,W) float32 tensor in [0,100], EXIF orientation applied."
-    img = exif_upright(img)
-    if img.mode == "L":
-        return torch.from_numpy(_L_OF_8BIT_GRAY[np.asarray(img)])[None, None]
-    if img.mode in _WIDE_MODES:
-        return rgb_to_lab(torch.from_numpy(_wide_gray(img))[None, None].expand(1, 3, -1, -1))[:, :1]
-    return lightness_of_rgb8(np.asarray(img if img.mode == "RGB" else pil_to_rgb8(img)))
-
-
-def exif_upright(img: Image.Image) -> Image.Image:
-    "The image as its EXIF orientation says to show it; the image itself (no copy) when it is upright already."
-    return ImageOps.exif_transpose(img) if img.getexif().get(0x0112, 1) != 1 else img
-
-
-def is_grayscale(img: Image.Image | np.ndarray, tolerance: int = 6, max_fraction: float = 0.01) -> bool:
-    """Whether an image carries no colour: a gray mode, or RGB whose channels agree (within `tolerance` of 255)
-    on all but `max_fraction` of its pixels, which forgives JPEG's chroma noise in gray photos saved as RGB."""
-    if isinstance(img, Image.Image):
-        if img.mode in _GRAY_MODES:
-            return True
-        img = np.asarray(img.convert("RGB"))
-    spread = img.max(axis=-1).astype(np.int16) - img.min(axis=-1).astype(np.int16)
-    return float(np.mean(spread > tolerance)) <= max_fraction

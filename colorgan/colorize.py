@@ -16,9 +16,8 @@ import torch
 from fastprogress.fastprogress import progress_bar
 from PIL import Image
 
-from .color import exif_upright
 from .inference import Colorizer
-from .photos import IMAGE_EXTENSIONS, find_photos
+from .photos import IMAGE_EXTENSIONS, exif_upright, find_photos
 from .utils import ColorganError, atomic_path, log
 
 __all__ = ["colorize_paths", "expand_inputs", "Outcome"]

@@ -18,10 +18,10 @@ from fastai.data.load import DataLoader
 from fastai.torch_core import TensorImage
 from PIL import Image, ImageOps
 
-from .color import exif_upright, lab_to_model, model_to_rgb, pil_to_rgb8, rgb_to_lab
+from .color import gray_rgb, lab_to_model, model_to_rgb, rgb_to_lab
 from .device import resolve_device
 from .metrics import colorfulness
-from .photos import PhotoSet, decode_photo, find_photos, load_photos, report
+from .photos import PhotoSet, decode_photo, exif_upright, find_photos, load_photos, pil_to_rgb8, report
 from .show import show_columns
 from .utils import ColorganError, log
 
@@ -118,7 +118,7 @@ class LabDataLoader(DataLoader):
         """(L, ab...) -> one (gray, colour...) tuple of RGB TensorImages (3,H,W) in [0,1] per photo: the inverse
         of the uint8 -> (L, ab) step, through color.py (gamut-mapped at constant lightness)."""
         l, *abs_ = [t[:max_n].detach().float().cpu() for t in b]
-        images = [model_to_rgb(l, torch.zeros_like(l).expand(-1, 2, -1, -1))] + [model_to_rgb(l, ab) for ab in abs_]
+        images = [gray_rgb(l)] + [model_to_rgb(l, ab) for ab in abs_]
         return [tuple(TensorImage(img[i]) for img in images) for i in range(len(l))]
 
     def show_batch(self, b=None, max_n: int = 9, ctxs=None, show: bool = True, **kwargs):

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .color import norm_l, rgb_to_lab
+from .color import gray_rgb, norm_l, rgb_to_lab
 from .inference import Colorizer
 from .metrics import FALSE_COLOR_CHROMA, ciede2000, colorfulness, false_color, lightness_drift, psnr, ssim
 from .photos import find_photos, load_photos, report
-from .show import grid_image, gray_rgb
+from .show import grid_image
 from .utils import ColorganError, atomic_path, check_out, log
 
 __all__ = ["evaluate", "score", "PROTOCOL", "METRICS"]

@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .artifacts import load_generator, resolve_artifact
-from .color import denorm_ab, lab_to_rgb, norm_l, pil_to_l
+from .color import denorm_ab, lab_to_rgb, norm_l
 from .device import resolve_device, resolve_precision
-from .photos import default_cache_dir
+from .photos import default_cache_dir, pil_to_l
 from .utils import ColorganError, log
 
 __all__ = ["Colorizer", "render_shape", "resolve_engine", "STRIDE", "ENGINES"]

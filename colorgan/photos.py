@@ -1,4 +1,5 @@
-"""Find photos in a folder and decode each one once into a uint8 cache at the training size.
+"""Photos: any PIL image to sRGB or lightness, finding photos in a folder, and decoding each one once into a
+uint8 cache at the training size.
 
 The cache is a memory-mapped (N, S, S, 3) array built on first use by CPU worker processes and rebuilt when the
 folder changes (any file added, removed, resized or touched), so later epochs and later runs decode nothing.
@@ -15,10 +16,71 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 
-from .color import exif_upright, is_grayscale, pil_to_rgb8
+from .color import lightness_of_gray8, lightness_of_rgb8, rgb_to_lab
 from .utils import ColorganError, atomic_path, log, short_list
+
+_WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+_GRAY_MODES = {"1", "L", "LA"} | _WIDE_MODES
+
+
+def _wide_gray(img: Image.Image) -> np.ndarray:
+    "A 16-bit, 32-bit or float gray image -> float32 (H,W) in [0,1], keeping its full precision."
+    arr = np.asarray(img, dtype=np.float32)
+    if img.mode == "F":
+        return np.clip(arr, 0, 1)
+    peak = 255.0 if img.mode == "I" and arr.max(initial=0) <= 255 else 65535.0
+    return np.clip(arr / peak, 0, 1)
+
+
+def pil_to_rgb_array(img: Image.Image) -> np.ndarray:
+    """Any PIL image -> float32 sRGB array (H,W,3) in [0,1], EXIF orientation applied.
+
+    Handles RGB, RGBA, 8- and 16-bit gray, LA, palette (with transparency), CMYK and float images; 16-bit
+    gray keeps its full precision. Alpha is dropped (a colorizer works on what is painted, not on coverage).
+    """
+    img = exif_upright(img)
+    if img.mode in _WIDE_MODES:
+        return np.repeat(_wide_gray(img)[..., None], 3, axis=2)
+    return np.asarray(pil_to_rgb8(img), dtype=np.float32) / 255.0
+
+
+def pil_to_rgb8(img: Image.Image) -> Image.Image:
+    "Any PIL image -> an 8-bit RGB PIL image (16-bit gray rounded to 8 bits). Apply EXIF orientation first."
+    if img.mode in _WIDE_MODES:
+        return Image.fromarray((_wide_gray(img) * 255 + 0.5).astype(np.uint8)).convert("RGB")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
+def pil_to_l(img: Image.Image) -> torch.Tensor:
+    "Any PIL image -> its CIELAB lightness as a (1,1,H,W) float32 tensor in [0,100], EXIF orientation applied."
+    img = exif_upright(img)
+    if img.mode == "L":
+        return lightness_of_gray8(np.asarray(img))
+    if img.mode in _WIDE_MODES:
+        return rgb_to_lab(torch.from_numpy(_wide_gray(img))[None, None].expand(1, 3, -1, -1))[:, :1]
+    return lightness_of_rgb8(np.asarray(img if img.mode == "RGB" else pil_to_rgb8(img)))
+
+
+def exif_upright(img: Image.Image) -> Image.Image:
+    "The image as its EXIF orientation says to show it; the image itself (no copy) when it is upright already."
+    return ImageOps.exif_transpose(img) if img.getexif().get(0x0112, 1) != 1 else img
+
+
+def is_grayscale(img: Image.Image | np.ndarray, tolerance: int = 6, max_fraction: float = 0.01) -> bool:
+    """Whether an image carries no colour: a gray mode, or RGB whose channels agree (within `tolerance` of 255)
+    on all but `max_fraction` of its pixels, which forgives JPEG's chroma noise in gray photos saved as RGB."""
+    if isinstance(img, Image.Image):
+        if img.mode in _GRAY_MODES:
+            return True
+        img = np.asarray(img.convert("RGB"))
+    spread = img.max(axis=-1).astype(np.int16) - img.min(axis=-1).astype(np.int16)
+    return float(np.mean(spread > tolerance)) <= max_fraction
+
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 CACHE_FORMAT = 1

@@ -19,8 +19,8 @@ from importlib.resources import files
 
 from PIL import Image
 
-from .color import exif_upright, is_grayscale
 from .inference import Colorizer
+from .photos import exif_upright, is_grayscale
 from .utils import ColorganError
 
 __all__ = ["create_app", "serve", "MAX_BYTES", "MAX_PIXELS"]

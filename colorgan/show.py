@@ -8,7 +8,7 @@ from fastai.vision.data import get_grid
 from fastcore.basics import fastuple
 from PIL import Image
 
-from .color import model_to_rgb
+from .color import gray_rgb, model_to_rgb
 
 
 class LabImage(fastuple):
@@ -17,10 +17,6 @@ class LabImage(fastuple):
         l, ab = self
         return show_image(model_to_rgb(l[None], ab[None])[0].cpu(), ctx=ctx, **kwargs)
 
-
-def gray_rgb(l: torch.Tensor) -> torch.Tensor:
-    "The model's L (N,1,H,W) -> an RGB gray picture (N,3,H,W)."
-    return model_to_rgb(l, torch.zeros_like(l).expand(-1, 2, -1, -1))
 
 
 def show_columns(l: torch.Tensor, columns: dict[str, torch.Tensor | None], max_n: int = 9, **kwargs):

@@ -8,7 +8,7 @@ from hypothesis.extra.numpy import arrays
 from PIL import Image
 from skimage.color import lab2rgb, rgb2lab
 
-from colorgan import color
+from colorgan import color, photos
 
 CORNERS = np.array([[[r, g, b] for r in (0, 1) for g in (0, 1) for b in (0, 1)]], dtype=np.float64)  # (1,8,3)
 rgb_arrays = arrays(np.float64, st.tuples(st.integers(1, 6), st.integers(1, 6), st.just(3)),
@@ -115,7 +115,7 @@ def test_gradients_flow_and_are_finite():
 
 
 def _l_of(img):
-    return color.pil_to_l(img)[0, 0].numpy()
+    return photos.pil_to_l(img)[0, 0].numpy()
 
 
 @pytest.mark.parametrize("mode", ["L", "LA", "P", "CMYK", "RGBA", "RGB"])
@@ -147,6 +147,6 @@ def test_pil_to_l_applies_exif_orientation(astronaut):
 
 
 def test_is_grayscale(astronaut):
-    assert color.is_grayscale(astronaut.convert("L"))
-    assert color.is_grayscale(astronaut.convert("L").convert("RGB"))
-    assert not color.is_grayscale(astronaut)
+    assert photos.is_grayscale(astronaut.convert("L"))
+    assert photos.is_grayscale(astronaut.convert("L").convert("RGB"))
+    assert not photos.is_grayscale(astronaut)

@@ -11,7 +11,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from colorgan.artifacts import generator_meta, save_generator
 from colorgan.cli import main
-from colorgan.color import pil_to_l
+from colorgan.photos import pil_to_l
 from colorgan.inference import Colorizer, render_shape, resolve_engine
 from colorgan.metrics import ciede2000, colorfulness, psnr, ssim
 from colorgan.models import build_generator

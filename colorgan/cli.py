@@ -61,12 +61,16 @@ def gan_finetune(data, generator, out, recipe, overrides, resume, overwrite):
     click.echo(f"done: {out}")
 
 
+def given(**options) -> dict:
+    "The options the user gave: each default lives once, in the library function's signature (None: not given)."
+    return {k: v for k, v in options.items() if v is not None}
+
+
 RENDER_SIZE = click.option("--render-size", type=click.IntRange(32, 4096),
                            help="Network input size, 32 to 4096 (default: the model's training size).")
-ENGINE = click.option("--engine", type=click.Choice(["auto", "torch", "onnxruntime"]), default="auto",
-                      show_default=True,
-                      help="What runs the network: auto picks onnxruntime on a CPU when it is installed (faster, same "
-                           "colours), torch otherwise.")
+ENGINE = click.option("--engine", type=click.Choice(["auto", "torch", "onnxruntime"]),
+                      help="What runs the network (default auto: onnxruntime on a CPU when it is installed, faster "
+                           "with the same colours; torch otherwise).")
 
 
 @main.command()
@@ -76,9 +80,9 @@ ENGINE = click.option("--engine", type=click.Choice(["auto", "torch", "onnxrunti
 @RENDER_SIZE
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
 @click.option("--compare", is_flag=True, help="Also write NAME_compare (gray | colour) beside each output.")
-@click.option("--saturation", type=click.FloatRange(0, 4), default=1.0, show_default=True,
-              help="Scale the predicted colour: 1 as trained, above 1 more vivid, 0 the photo's own gray.")
-@click.option("--bs", type=click.IntRange(min=1), default=8, show_default=True, help="Photos per network call.")
+@click.option("--saturation", type=click.FloatRange(0, 4),
+              help="Scale the predicted colour (default 1: as trained; above 1 more vivid, 0 the photo's own gray).")
+@click.option("--bs", type=click.IntRange(min=1), help="Photos per network call (default 8).")
 @click.option("--device", help="cpu, cuda or cuda:N (default: the GPU when there is one).")
 @ENGINE
 def colorize(model, inputs, out, render_size, overwrite, compare, saturation, bs, device, engine):
@@ -86,8 +90,8 @@ def colorize(model, inputs, out, render_size, overwrite, compare, saturation, bs
     (recursive) and globs; outputs mirror the inputs under --out. Exit code 1 if any photo failed."""
     from .colorize import colorize_paths
     from .inference import Colorizer
-    colorizer = Colorizer.from_artifact(model, render_size, device, saturation=saturation, engine=engine)
-    result = colorize_paths(colorizer, inputs, out, overwrite, compare, bs)
+    colorizer = Colorizer.from_artifact(model, render_size, device, **given(saturation=saturation, engine=engine))
+    result = colorize_paths(colorizer, inputs, out, overwrite, compare, **given(bs=bs))
     for src, why in result.failed:
         click.echo(f"failed: {src}: {why}", err=True)
     click.echo(f"{len(result.written)} colorized, {len(result.skipped)} kept, {len(result.failed)} failed -> {out}")
@@ -110,36 +114,37 @@ def evaluate(paths, out, baseline, render_size, overwrite, device, engine):
     if len(paths) > 2:
         raise click.UsageError(f"evaluate takes [MODEL] DATA, not {len(paths)} paths")
     model, data = (None, *paths) if len(paths) == 1 else paths
-    click.echo(format_table(run(model, data, out, baseline, render_size=render_size, device=device, engine=engine,
-                                overwrite=overwrite)))
+    click.echo(format_table(run(model, data, out, baseline, render_size=render_size, device=device,
+                                overwrite=overwrite, **given(engine=engine))))
 
 
 @main.command()
 @click.argument("model", type=click.Path())
 @click.option("--onnx", "onnx_path", required=True, type=click.Path(dir_okay=False), help="The .onnx file to write.")
-@click.option("--opset", type=click.IntRange(13, 20), default=17, show_default=True,
-              help="ONNX opset, 13 to 20 (what torch's exporter writes for this network).")
+@click.option("--opset", type=click.IntRange(13, 20),
+              help="ONNX opset, 13 to 20 (default 17; what torch's exporter writes for this network).")
 def export(model, onnx_path, opset):
     "Export MODEL to ONNX (input L in [0,100], output ab; dynamic size, multiples of 32), checked against torch."
     from .export import export_onnx
-    diffs = export_onnx(model, onnx_path, opset)
+    diffs = export_onnx(model, onnx_path, **given(opset=opset))
     checked = "; ".join(f"{'x'.join(map(str, s))}: max |diff| {d:.2e}" for s, d in diffs) if diffs else "not checked"
     click.echo(f"wrote {onnx_path} ({checked})")
 
 
 @main.command()
 @click.argument("model", type=click.Path())
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--host", help="Address to listen on (default 127.0.0.1: this machine only).")
+@click.option("--port", type=click.IntRange(1, 65535), help="Port (default 8000).")
 @RENDER_SIZE
-@click.option("--max-mb", type=click.FloatRange(0.1, 1024), default=20.0, show_default=True,
-              help="Largest request accepted, in MB.")
+@click.option("--max-mb", type=click.FloatRange(0.1, 1024), help="Largest request accepted, in MB (default 20).")
 @click.option("--device", help="cpu, cuda or cuda:N (default: the GPU when there is one).")
 @ENGINE
 def serve(model, host, port, render_size, max_mb, device, engine):
     "Serve a web page and an HTTP API (POST /colorize, /render, /check; GET /health) that colorize photos."
     from .serve import serve as run
-    run(model, host, port, render_size, int(max_mb * 2 ** 20), device, engine)
+    max_bytes = None if max_mb is None else int(max_mb * 2 ** 20)
+    run(model, render_size=render_size, device=device, **given(host=host, port=port, max_bytes=max_bytes,
+                                                               engine=engine))
 
 
 @main.command()

@@ -105,3 +105,14 @@ assert len(logging.getLogger("colorgan").handlers) == 1 and len(ours()) >= 1  # 
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_command_options_default_to_the_library_signature(monkeypatch, tmp_path):
+    "Each default lives once: an option not given is not passed, so the library's own default applies."
+    import colorgan.export
+    seen = {}
+    monkeypatch.setattr(colorgan.export, "export_onnx", lambda model, path, **kw: seen.update(kw) or [])
+    assert run("export", tmp_path / "g.pth", "--onnx", tmp_path / "g.onnx").exit_code == 0
+    assert seen == {}
+    assert run("export", tmp_path / "g.pth", "--onnx", tmp_path / "g.onnx", "--opset", "18").exit_code == 0
+    assert seen == {"opset": 18}

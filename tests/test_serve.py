@@ -96,7 +96,8 @@ def test_a_chunked_upload_over_the_limit_gets_413_not_400(client):
         for _ in range(25):
             yield b"\xff" * 2 ** 20
         yield f"\r\n--{boundary}--\r\n".encode()
-    r = client.post("/colorize", content=chunks(), headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    kind = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    r = client.post("/colorize", content=chunks(), headers=kind)
     assert r.status_code == 413 and "larger than 1 MB" in r.json()["detail"]
 
 

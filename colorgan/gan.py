@@ -7,11 +7,14 @@ and `predict`, `save` and `export` work unchanged. The callback owns the critic 
 from __future__ import annotations
 
 import copy
+from functools import partial
 
 import torch
 from fastai.callback.core import CancelBatchException, Callback
 from fastai.callback.fp16 import MixedPrecision
-from fastai.learner import Learner, Metric
+from fastai.learner import Learner
+from fastai.metrics import ValueMetric
+from fastcore.meta import delegates
 from torch import nn
 
 from .artifacts import _unwrap
@@ -24,17 +27,6 @@ from .models import build_critic
 __all__ = ["ConditionalGAN", "gan_learner", "fit_gan", "GAN_LOG"]
 
 GAN_LOG = ("loss_D_real", "loss_D_fake", "loss_G_GAN", "loss_G_L1")
-
-
-class _EpochMean(Metric):
-    "A column that shows the mean of one of the callback's training losses over the last training epoch."
-    def __init__(self, gan: "ConditionalGAN", name: str): self.gan, self._name = gan, name
-    def reset(self): pass
-    def accumulate(self, learn): pass
-    @property
-    def value(self): return self.gan.epoch_mean(self._name)
-    @property
-    def name(self): return self._name
 
 
 class ConditionalGAN(Callback):
@@ -137,7 +129,9 @@ class ConditionalGAN(Callback):
         count = all_reduce_sum(float(self.counts[name]))
         return (all_reduce_sum(self.sums[name]) / count).item() if count else None
 
-    def metrics(self) -> list[Metric]: return [_EpochMean(self, n) for n in GAN_LOG]
+    def metrics(self) -> list[ValueMetric]:
+        "One column per loss of GAN_LOG: its mean over the last training epoch (fastai's ValueMetric)."
+        return [ValueMetric(partial(self.epoch_mean, name), name) for name in GAN_LOG]
 
     def checkpoint_state(self) -> dict:
         return {"critic": _unwrap(self.critic).state_dict(), "critic_opt": self.critic_opt.state_dict(),
@@ -152,24 +146,24 @@ class ConditionalGAN(Callback):
         self.n_batches = state["gan_batches"]
 
 
+@delegates(ConditionalGAN.__init__, but=["critic"])
 def gan_learner(dls, generator: nn.Module, critic: nn.Module | None = None, wd: float = 1e-4,
                 precision: str = "auto", fused_adam: bool | str = "auto", channels_last: bool | str = "auto",
                 compile: bool | str = False, freeze_encoder: bool = False, ema_decay: float | None = 0.99,
-                path: str = ".", cbs=None, **gan_kwargs) -> Learner:
+                path: str = ".", cbs=None, **kwargs) -> Learner:
     """Stage two: the stage-one Learner around `generator` (L1 loss, PSNR, colourfulness and false-colour metrics)
-    plus the ConditionalGAN callback with `critic` (pix2pix's PatchGAN by default); `gan_kwargs` go to
+    plus the ConditionalGAN callback with `critic` (pix2pix's PatchGAN by default); `kwargs` go to
     ConditionalGAN. `ema_decay` keeps an exponential moving average of the generator that validation, checkpoints
     and the result use (None: off). `freeze_encoder` keeps the generator's encoder fixed during this stage;
     `compile` compiles both nets."""
+    gan = ConditionalGAN(critic, **kwargs)
     learn = pretrain_learner(dls, model=generator, wd=wd, precision=precision, fused_adam=fused_adam,
-                             channels_last=channels_last, compile=compile, path=path, cbs=cbs)
-    gan = ConditionalGAN(critic, **gan_kwargs)
+                             channels_last=channels_last, compile=compile, path=path, cbs=cbs, metrics=gan.metrics())
     if compile:
         compile_model(gan.critic, compile)
     learn.add_cb(gan)
     if ema_decay:
         learn.add_cb(GeneratorEMA(ema_decay))
-    learn.metrics = [*gan.metrics(), *learn.metrics]
     if freeze_encoder:
         learn.freeze()
     return learn

@@ -103,18 +103,19 @@ def apply_policy(learn: Learner, policy: DevicePolicy) -> Learner:
 
 def pretrain_learner(dls: DataLoaders, model: torch.nn.Module | None = None, wd: float = 1e-4,
                      precision: str = "auto", fused_adam: bool | str = "auto", channels_last: bool | str = "auto",
-                     compile: bool | str = False, path: str = ".", cbs=None, **generator_kwargs) -> Learner:
+                     compile: bool | str = False, path: str = ".", cbs=None, metrics=(),
+                     **generator_kwargs) -> Learner:
     """Stage one: the generator (built from `generator_kwargs` by `build_generator` unless `model` is given) on L1
     of ab, with PSNR of the RGB result, the colourfulness of predictions and real photos and the false-colour
     area as metrics, and an encoder/decoder splitter so `freeze()` and discriminative learning rates work.
     The device policy (`colorgan.device.resolve_policy` on the data's device) sets `precision` (auto: bf16 or fp16
     on GPUs, fp32 on CPU), the AdamW kernel (`fused_adam`), `channels_last` and `compile` (True or a torch.compile
-    backend's name); `learn.policy` says what it decided."""
+    backend's name); `learn.policy` says what it decided. `metrics` come first in the table, before the four."""
     policy = resolve_policy(dls.device, precision, fused_adam, channels_last, compile)
     if model is None:
         model = build_generator(img_size=dls.train.size, **generator_kwargs)
     learn = Learner(dls, compile_model(model, compile) if compile else model, loss_func=L1LossFlat(),
                     opt_func=adamw(policy.fused_adam), wd=wd, splitter=body_head_split,
-                    metrics=[psnr_metric(), colorfulness_metric(), colorfulness_metric("real"),
+                    metrics=[*metrics, psnr_metric(), colorfulness_metric(), colorfulness_metric("real"),
                              false_color_metric()], path=path, cbs=cbs)
     return apply_policy(learn, policy)

@@ -2,6 +2,7 @@
 CLI commands of the same names wrap."""
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from pathlib import Path
@@ -43,7 +44,7 @@ FIT = Section(Learner.fit_one_cycle, ("cbs", "reset_opt", "start_epoch"), FIT_LI
 PRETRAIN_SCHEMA = {
     "data": Section(photo_dls, ("path",), DATA_LIMITS),
     "model": Section(build_generator, ("img_size",), {"width": number(0, 1, low_open=True)}),
-    "learner": Section(pretrain_learner, ("dls", "model", "path", "cbs"), LEARNER_LIMITS),
+    "learner": Section(pretrain_learner, ("dls", "model", "path", "cbs", "metrics"), LEARNER_LIMITS),
     "fit": FIT,
 }
 GAN_SCHEMA = {
@@ -54,7 +55,8 @@ GAN_SCHEMA = {
         "adv_loss": one_of(*ADV_LOSSES), "lambda_l1": number(0), "critic_lr": number(0, low_open=True),
         "warmup": whole(0), "critic_steps": whole(1), "critic_every": whole(1),
         "label_smoothing": number(0, 1, high_open=True)}),
-    "learner": Section(gan_learner, ("dls", "generator", "critic", "path", "cbs"), LEARNER_LIMITS),
+    "learner": Section(gan_learner, ("dls", "generator", "critic", "path", "cbs", *inspect.signature(
+        ConditionalGAN).parameters), LEARNER_LIMITS),  # ConditionalGAN's own keys belong to [gan]
     "keep": Section(ColourRule, ("start",), {"max_psnr_drop": number(0), "max_false_color": number(0, 1)}),
     "fit": Section(fit_gan, ("learn", "cbs", "reset_opt", "start_epoch"), FIT_LIMITS),
 }

@@ -257,3 +257,15 @@ def test_stage_two_validates_the_plain_l1_of_its_generator(learn):
             l1 += torch.nn.functional.l1_loss(learn.model(l), ab, reduction="sum").item() / ab[0].numel()
             n += len(l)
     assert learn.validate()[0] == pytest.approx(l1 / n, rel=1e-4)
+
+
+def test_gan_learner_shows_every_option_and_its_loss_columns_are_value_metrics(learn):
+    import inspect
+
+    from fastai.metrics import ValueMetric
+    params = inspect.signature(gan_learner).parameters
+    assert {"adv_loss", "lambda_l1", "critic_lr", "warmup", "label_smoothing"} <= params.keys()  # help() shows them
+    columns = [m for m in learn.metrics if isinstance(m, ValueMetric)]
+    assert [m.name for m in columns] == list(GAN_LOG)
+    learn.fit(1, 1e-4)
+    assert all(math.isfinite(m.value) for m in columns)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from fastai.callback.core import Callback, CancelFitException
+from fastai.callback.tracker import TrackerCallback
 from fastcore.foundation import L
 
 from .artifacts import _unwrap, save_generator
@@ -64,18 +65,27 @@ def epoch_record(recorder) -> dict:
     return dict(zip(recorder.metric_names[1:], recorder.final_record))
 
 
-class RunCheckpoint(Callback):
-    """After each finished epoch, on rank 0 only: the resume state (`checkpoints/last.pth`: model, optimizer,
-    history, and whatever other callbacks add through `checkpoint_state`), the generator that `rule` (lowest
-    validation loss unless told) likes best so far (`checkpoints/best.pth`, with the reason logged) and a sample
-    grid (`samples/epoch_NNN.png`), all atomic."""
+class RunCheckpoint(TrackerCallback):
+    """The run folder's one owner (the Learner's `path`): after each finished epoch, on rank 0 only, the resume
+    state (`checkpoints/last.pth`: model, optimizer, history, and whatever other callbacks add through
+    `checkpoint_state`), the generator that `rule` (lowest `valid_loss` unless told) likes best so far
+    (`checkpoints/best.pth`, with the reason logged) and a sample grid (`samples/epoch_NNN.png`), all atomic.
+    A fastai TrackerCallback: it checks that the monitored column exists, steps aside under `lr_find` and
+    `get_preds`, keeps its best across fits (`reset_on_fit=False`) and can be reused for another fit."""
     order = 65  # after the Recorder has the epoch's numbers
 
-    def __init__(self, run: str | Path, meta: dict, best: float = float("inf"), n_samples: int = 8, rule=None):
-        self.run, self.meta, self.best, self.n_samples = Path(run), meta, best, n_samples
-        self.rule = rule or LowestLoss()
+    def __init__(self, meta: dict, best: float = float("inf"), n_samples: int = 8, rule=None,
+                 monitor: str = "valid_loss"):
+        super().__init__(monitor=monitor, comp=np.less, reset_on_fit=False)
+        self.meta, self.best, self.n_samples, self.rule = meta, best, n_samples, rule or LowestLoss()
 
-    def before_fit(self): self.sample = None
+    @property
+    def folder(self) -> Path: return Path(self.learn.path)
+
+    def before_fit(self):
+        super().before_fit()
+        self.sample = None
+
     def before_epoch(self): self.skipped = False
     def after_cancel_epoch(self): self.skipped = True
 
@@ -83,9 +93,10 @@ class RunCheckpoint(Callback):
         if self.skipped or not is_main_process():
             return
         score, why = self.rule.judge(epoch_record(self.recorder))
-        if score is not None and score < self.best:
+        self.new_best = score is not None and score < self.best
+        if self.new_best:
             self.best = score
-            save_generator(self.model, self.run / BEST, self.meta)
+            save_generator(self.model, self.folder / BEST, self.meta)
             log.info(f"epoch {self.epoch + 1}: kept as {BEST} ({why})")
         elif not isinstance(self.rule, LowestLoss):
             log.info(f"epoch {self.epoch + 1}: not kept ({why}{'' if score is None else '; best so far is closer'})")
@@ -98,7 +109,7 @@ class RunCheckpoint(Callback):
         for cb in self.learn.cbs:
             if hasattr(cb, "checkpoint_state"):
                 state.update(cb.checkpoint_state())
-        with atomic_path(self.run / LAST) as tmp:
+        with atomic_path(self.folder / LAST) as tmp:
             torch.save(state, tmp)
 
     @torch.no_grad()
@@ -112,7 +123,7 @@ class RunCheckpoint(Callback):
         model.eval()
         pred = model(l)
         model.train(was_training)
-        with atomic_path(self.run / "samples" / f"epoch_{self.epoch + 1:03d}.png") as tmp:
+        with atomic_path(self.folder / "samples" / f"epoch_{self.epoch + 1:03d}.png") as tmp:
             sample_grid(l, pred, ab).save(tmp, format="PNG")
 
 

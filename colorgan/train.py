@@ -134,7 +134,8 @@ def run_fit(learn: Learner, run: Path, recipe: dict, meta: dict, resume: bool, c
     on --resume, from the last finished epoch with its history replayed."""
     fit_fn, fit = fit, dict(recipe["fit"])
     n_epoch, start = fit.pop("n_epoch"), 0
-    checkpoint, nan_guard = RunCheckpoint(run, meta, best=best, rule=rule), StopOnNaN()
+    learn.path = Path(run)  # the run folder: where RunCheckpoint writes
+    checkpoint, nan_guard = RunCheckpoint(meta, best=best, rule=rule), StopOnNaN()
     cbs = [*cbs, nan_guard, *([CSVLogger("history.csv")] if is_main_process() else []), checkpoint]
     if resume:
         state = load_checkpoint(learn, run)

@@ -179,3 +179,18 @@ def test_resume_with_new_epochs_rewrites_the_recipe_and_warns(photo_dir, tmp_pat
     assert "fit.n_epoch = 2 (was 1)" in caplog.text and "schedule" in caplog.text
     assert "n_epoch = 2" in (run / "recipe.resolved.toml").read_text()
     assert len(_read_history(run)) == 2
+
+
+def test_the_run_checkpoint_is_a_tracker_that_serves_two_fits_and_steps_aside_for_lr_find(photo_dir, tmp_path):
+    from fastai.callback.tracker import TrackerCallback
+    dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False)
+    learn = pretrain_learner(dls, pretrained=False, width=0.25, path=tmp_path / "run")
+    checkpoint = RunCheckpoint({"build": {}, "size": 32})
+    assert isinstance(checkpoint, TrackerCallback)
+    learn.add_cb(checkpoint)
+    learn.lr_find(num_it=5, show_plot=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()  # lr_find only probes: nothing written
+    learn.fit(1, 1e-3)
+    learn.fit(1, 1e-3)  # fastai sets Callback.run back to True after a fit: nothing of ours may live there
+    assert (tmp_path / "run" / "checkpoints" / "last.pth").is_file() and checkpoint.best < float("inf")
+    assert len(list((tmp_path / "run" / "samples").glob("epoch_*.png"))) == 1  # epoch 1 of each fit

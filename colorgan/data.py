@@ -122,14 +122,19 @@ class LabDataLoader(DataLoader):
         return [tuple(TensorImage(img[i]) for img in images) for i in range(len(l))]
 
     def show_batch(self, b=None, max_n: int = 9, ctxs=None, show: bool = True, **kwargs):
-        "gray | colour for `max_n` photos of a batch."
-        l, ab = self.one_batch() if b is None else b
-        return show_columns(l, {"gray": None, "colour": ab}, max_n, **kwargs)
+        """gray | colour for `max_n` photos of a batch, on `ctxs` when given; with show=False nothing is drawn and
+        the decoded (gray, colour) RGB images come back, as fastai's show_batch does."""
+        b = self.one_batch() if b is None else b
+        if not show:
+            return self.decode_batch(b, max_n)
+        return show_columns(b[0], {"gray": None, "colour": b[1] if len(b) > 1 else None}, max_n, ctxs, **kwargs)
 
     def show_results(self, b, out, max_n: int = 9, ctxs=None, show: bool = True, **kwargs):
-        "gray | predicted | real; `Learner.show_results` calls this."
+        "gray | predicted | real (`Learner.show_results` calls this); `ctxs` and `show` as in `show_batch`."
         l, ab = b
-        return show_columns(l, {"gray": None, "predicted": out, "real": ab}, max_n, **kwargs)
+        if not show:
+            return self.decode_batch((l, out, ab), max_n)
+        return show_columns(l, {"gray": None, "predicted": out, "real": ab}, max_n, ctxs, **kwargs)
 
 
 class LabDataLoaders(DataLoaders):

@@ -19,11 +19,15 @@ class LabImage(fastuple):
 
 
 
-def show_columns(l: torch.Tensor, columns: dict[str, torch.Tensor | None], max_n: int = 9, **kwargs):
-    "A matplotlib grid with one row per photo and one column per ab prediction (None shows the gray input)."
+def show_columns(l: torch.Tensor, columns: dict[str, torch.Tensor | None], max_n: int = 9, ctxs=None, **kwargs):
+    """A matplotlib grid with one row per photo and one column per ab prediction (None shows the gray input), on
+    `ctxs` (axes, row by row) when given, else on a new figure; returns the axes."""
     l = l[:max_n].detach().cpu()
     n, titles = len(l), list(columns)
-    axs = get_grid(n * len(titles), nrows=n, ncols=len(titles), figsize=(3 * len(titles), 3 * n), return_fig=False)
+    axs = list(ctxs) if ctxs is not None else get_grid(n * len(titles), nrows=n, ncols=len(titles),
+                                                       figsize=(3 * len(titles), 3 * n), return_fig=False)
+    if len(axs) < n * len(titles):
+        raise ValueError(f"{n} photos x {len(titles)} columns need {n * len(titles)} axes in ctxs, not {len(axs)}")
     for i in range(n):
         for j, title in enumerate(titles):
             ab = columns[title]

@@ -165,6 +165,20 @@ def test_show_batch_and_flip_varies(photo_dir):
     assert len(axs) == 4 and axs[1].get_title() == "colour"
 
 
+def test_show_batch_and_show_results_honour_ctxs_and_show(photo_dir):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, decode_workers=1)
+    _, mine = plt.subplots(2, 3)
+    l, ab = dls.valid.one_batch()
+    drawn = dls.valid.show_results((l, ab), ab * 0.5, max_n=2, ctxs=mine.flatten())
+    assert list(drawn) == list(mine.flatten()) and mine[0, 1].get_title() == "predicted" and mine[1, 2].images
+    items = dls.show_batch(max_n=3, show=False)
+    assert len(items) == 3 and all(len(t) == 2 and t[0].shape == (3, 32, 32) for t in items)
+    assert len(dls.valid.show_results((l, ab), ab, max_n=2, show=False)[0]) == 3  # gray, predicted, real
+
+
 def test_too_few_photos_is_a_clear_error(tmp_path, photo_dir):
     for p in sorted(photo_dir.glob("*.jpg"))[:2]:
         _save(Image.open(p), tmp_path / p.name)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
+from fastai.data.transforms import ItemTransform
 from fastai.torch_core import TensorImage
 from PIL import Image, ImageOps
 
@@ -25,7 +26,7 @@ from .photos import PhotoSet, decode_photo, exif_upright, find_photos, load_phot
 from .show import show_columns
 from .utils import ColorganError, log
 
-__all__ = ["LabDataLoader", "LabDataLoaders", "photo_dls", "split_photos", "split_indices", "random_resized_crop"]
+__all__ = ["ToLab", "LabDataLoader", "LabDataLoaders", "photo_dls", "split_photos", "split_indices", "random_resized_crop"]
 
 
 def random_resized_crop(rgb: torch.Tensor, min_scale: float = 0.35, ratio=(3 / 4, 4 / 3),
@@ -66,14 +67,39 @@ class CachedPhotos:
     def new_empty(self): return CachedPhotos(np.zeros((0, *self.pixels.shape[1:]), dtype=np.uint8))
 
 
+class ToLab(ItemTransform):
+    """The batch step, as a fastai Transform: uint8 RGB (N,H,W,3) on the batch's device -> the model's (L, ab),
+    augmented there when `augment` (one random resized crop and flip of the RGB, so L and ab stay aligned), or (L,)
+    alone without a target; `decodes` takes (L, ab...) back to RGB (N,3,H,W) in [0,1] through color.py."""
+    def __init__(self, augment: bool = False, min_scale: float = 0.35, with_target: bool = True):
+        super().__init__()
+        self.augment, self.min_scale, self.with_target = augment, min_scale, with_target
+
+    def encodes(self, b):  # unannotated: fastai dispatches Transforms on annotations
+        rgb = b.permute(0, 3, 1, 2).float().div_(255)
+        if self.augment:
+            rgb = random_resized_crop(rgb, self.min_scale)
+        l, ab = lab_to_model(rgb_to_lab(rgb))
+        if l.is_cuda:
+            l, ab = l.contiguous(memory_format=torch.channels_last), ab.contiguous(memory_format=torch.channels_last)
+        return (l, ab) if self.with_target else (l,)
+
+    def decodes(self, b):
+        l, *abs_ = [t.detach().float().cpu() for t in b]
+        return (gray_rgb(l), *[model_to_rgb(l, ab) for ab in abs_])
+
+
 class LabDataLoader(DataLoader):
-    """Batches of cached uint8 photos -> (L, ab) on `device`, augmented there when `augment`; (L,) alone when
-    `with_target` is false (a test set: `dls.test_dl`, `learn.predict`)."""
+    """Batches of cached uint8 photos -> (L, ab) on `device` through `ToLab` (augmented when `augment`; (L,) alone
+    when `with_target` is false: a test set for `dls.test_dl` and `learn.predict`)."""
     def __init__(self, dataset: CachedPhotos, bs: int = 16, shuffle: bool = False, augment: bool = False,
                  min_scale: float = 0.35, epoch_batches: int | None = None, with_target: bool = True, **kwargs):
         super().__init__(dataset, bs=bs, shuffle=shuffle, **kwargs)
-        self.augment, self.min_scale, self.epoch_batches, self._queue = augment, min_scale, epoch_batches, []
-        self.with_target = with_target
+        self.to_lab, self.epoch_batches, self._queue = ToLab(augment, min_scale, with_target), epoch_batches, []
+
+    augment = property(lambda self: self.to_lab.augment)
+    min_scale = property(lambda self: self.to_lab.min_scale)
+    with_target = property(lambda self: self.to_lab.with_target)
 
     @property
     def size(self) -> int: return self.dataset.shape[1]
@@ -100,14 +126,7 @@ class LabDataLoader(DataLoader):
             b = b.pin_memory().to(self.device, non_blocking=True)
         return b
 
-    def after_batch(self, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        rgb = b.permute(0, 3, 1, 2).float().div_(255)
-        if self.augment:
-            rgb = random_resized_crop(rgb, self.min_scale)
-        l, ab = lab_to_model(rgb_to_lab(rgb))
-        if l.is_cuda:
-            l, ab = l.contiguous(memory_format=torch.channels_last), ab.contiguous(memory_format=torch.channels_last)
-        return (l, ab) if self.with_target else (l,)
+    def after_batch(self, b: torch.Tensor) -> tuple: return self.to_lab(b)
 
     def new(self, dataset=None, cls=None, **kwargs):
         kwargs = {"augment": self.augment, "min_scale": self.min_scale, "epoch_batches": self.epoch_batches,
@@ -115,11 +134,10 @@ class LabDataLoader(DataLoader):
         return super().new(dataset=dataset, cls=cls, **kwargs)
 
     def decode_batch(self, b, max_n: int = 9, full: bool = True) -> list[tuple]:
-        """(L, ab...) -> one (gray, colour...) tuple of RGB TensorImages (3,H,W) in [0,1] per photo: the inverse
-        of the uint8 -> (L, ab) step, through color.py (gamut-mapped at constant lightness)."""
-        l, *abs_ = [t[:max_n].detach().float().cpu() for t in b]
-        images = [gray_rgb(l)] + [model_to_rgb(l, ab) for ab in abs_]
-        return [tuple(TensorImage(img[i]) for img in images) for i in range(len(l))]
+        """(L, ab...) -> one (gray, colour...) tuple of RGB TensorImages (3,H,W) in [0,1] per photo: `ToLab`'s
+        decodes, through color.py (gamut-mapped at constant lightness)."""
+        images = self.to_lab.decode(tuple(t[:max_n] for t in b))
+        return [tuple(TensorImage(img[i]) for img in images) for i in range(len(images[0]))]
 
     def show_batch(self, b=None, max_n: int = 9, ctxs=None, show: bool = True, **kwargs):
         """gray | colour for `max_n` photos of a batch, on `ctxs` when given; with show=False nothing is drawn and

@@ -184,3 +184,15 @@ def test_too_few_photos_is_a_clear_error(tmp_path, photo_dir):
         _save(Image.open(p), tmp_path / p.name)
     with pytest.raises(ColorganError, match="1 usable training photo"):
         photo_dls(tmp_path, size=32, decode_workers=1)
+
+
+def test_the_batch_transform_decodes_back_to_the_photo(photo_dir):
+    from colorgan.data import ToLab
+    uint8 = torch.from_numpy(np.stack([np.asarray(Image.open(p).convert("RGB").resize((24, 16)))
+                                       for p in sorted(photo_dir.glob("*.jpg"))[:3]]))
+    to_lab = ToLab()
+    l, ab = to_lab(uint8)
+    gray, colour = to_lab.decode((l, ab))
+    assert (colour * 255 - uint8.permute(0, 3, 1, 2).float()).abs().max() < 1.0  # the photo, 8-bit rounding aside
+    assert (gray - gray.mean(1, keepdim=True)).abs().max() < 1e-4  # gray: R = G = B (float error aside)
+    assert len(ToLab(with_target=False)(uint8)) == 1

@@ -103,6 +103,16 @@ class RunCheckpoint(TrackerCallback):
         self._save_last()  # after `best` is updated, so a resumed run compares with this epoch too
         self._save_samples()
 
+    def restore(self, learn) -> tuple[int, Callback]:
+        """The other half of `_save_last`, for --resume: model, optimizer, this tracker's best and every callback's
+        own state (`load_checkpoint_state`) from `checkpoints/last.pth`; returns (epochs done, the history replay)."""
+        state = load_checkpoint(learn, learn.path)
+        self.best = state["best"]
+        for cb in learn.cbs:
+            if hasattr(cb, "load_checkpoint_state"):
+                cb.load_checkpoint_state(state)
+        return state["epoch"], ReplayHistory(state["history"])
+
     def _save_last(self):
         state = {"epoch": self.epoch + 1, "best": self.best, "history": _plain(self.recorder.values),
                  "model": _unwrap(self.model).state_dict(), "opt": _plain(self.opt.state_dict())}

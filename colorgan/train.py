@@ -15,7 +15,7 @@ from fastai.torch_core import set_seed
 from . import learner as _patched  # noqa: F401  (fit_one_cycle is patched onto Learner there)
 from .artifacts import (ARTIFACT_NAME, CRITIC_NAME, _unwrap, generator_meta, load_critic_state, load_generator,
                         resolve_artifact, save_critic, save_generator)
-from .callbacks import BEST, LAST, ColourRule, ReplayHistory, RunCheckpoint, StopOnNaN, load_checkpoint
+from .callbacks import BEST, LAST, ColourRule, RunCheckpoint, StopOnNaN
 from .data import photo_dls
 from .distributed import barrier, distributed, init_distributed, is_main_process, main_process_first
 from .gan import ConditionalGAN, fit_gan, gan_learner
@@ -138,12 +138,8 @@ def run_fit(learn: Learner, run: Path, recipe: dict, meta: dict, resume: bool, c
     checkpoint, nan_guard = RunCheckpoint(meta, best=best, rule=rule), StopOnNaN()
     cbs = [*cbs, nan_guard, *([CSVLogger("history.csv")] if is_main_process() else []), checkpoint]
     if resume:
-        state = load_checkpoint(learn, run)
-        start, checkpoint.best = state["epoch"], state["best"]
-        cbs.append(ReplayHistory(state["history"]))
-        for cb in learn.cbs + cbs:
-            if hasattr(cb, "load_checkpoint_state"):
-                cb.load_checkpoint_state(state)
+        start, replay = checkpoint.restore(learn)
+        cbs.append(replay)
         log.info(f"resuming {run} after epoch {start} of {n_epoch}")
     if start >= n_epoch:
         log.info(f"{run} already finished its {n_epoch} epochs; raise fit.n_epoch to train longer")

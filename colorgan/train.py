@@ -38,9 +38,8 @@ _LR = number(0, low_open=True, optional=True)[0]
 FIT_LIMITS = {"n_epoch": whole(1), "div": number(0, low_open=True),
               "lr_max": (lambda v: _LR(v) or (isinstance(v, list) and v != [] and all(_LR(x) for x in v)),
                          "a finite number above 0, a list of them (one per parameter group) or unset"),
-              "div_final": number(0, low_open=True), "pct_start": number(0, 1, high_open=True),
-              "wd": number(0, optional=True)}
-FIT = Section(Learner.fit_one_cycle, ("cbs", "reset_opt", "start_epoch"), FIT_LIMITS)
+              "div_final": number(0, low_open=True), "pct_start": number(0, 1, high_open=True)}
+FIT = Section(Learner.fit_one_cycle, ("cbs", "reset_opt", "start_epoch", "wd"), FIT_LIMITS)  # wd: [learner]
 PRETRAIN_SCHEMA = {
     "data": Section(photo_dls, ("path",), DATA_LIMITS),
     "model": Section(build_generator, ("img_size",), {"width": number(0, 1, low_open=True)}),
@@ -58,7 +57,7 @@ GAN_SCHEMA = {
     "learner": Section(gan_learner, ("dls", "generator", "critic", "path", "cbs", *inspect.signature(
         ConditionalGAN).parameters), LEARNER_LIMITS),  # ConditionalGAN's own keys belong to [gan]
     "keep": Section(ColourRule, ("start",), {"max_psnr_drop": number(0), "max_false_color": number(0, 1)}),
-    "fit": Section(fit_gan, ("learn", "cbs", "reset_opt", "start_epoch"), FIT_LIMITS),
+    "fit": Section(fit_gan, ("learn", "cbs", "reset_opt", "start_epoch", "wd"), FIT_LIMITS),
 }
 
 

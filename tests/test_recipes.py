@@ -66,3 +66,11 @@ def test_every_shipped_recipe_validates(path):
 
 def test_the_recipes_folder_is_found():
     assert len(RECIPES) >= 6
+
+
+def test_weight_decay_has_one_home():
+    "wd is the Learner's ([learner] wd); fit_one_cycle's own wd would override it silently, so [fit] has none."
+    for schema in (PRETRAIN_SCHEMA, GAN_SCHEMA):
+        assert load_recipe(None, schema, ["fit.n_epoch=1", "learner.wd=0.1"])["learner"]["wd"] == 0.1
+        with pytest.raises(RecipeError, match="unknown key 'wd'"):
+            load_recipe(None, schema, ["fit.n_epoch=1", "fit.wd=0.1"])

@@ -58,17 +58,18 @@ def comparison_grid(models: list, holdout: str, path: Path, n: int = 8, size: in
     import numpy as np
     import torch
 
-    from colorgan.color import norm_l, rgb_to_lab
+    from colorgan.color import gray_rgb, norm_l, rgb_to_lab
     from colorgan.evaluate import _colorize_batch
     from colorgan.inference import Colorizer
     from colorgan.photos import find_photos, load_photos
-    from colorgan.show import grid_image, gray_rgb
+    from colorgan.show import grid_image
     photos = load_photos(find_photos(holdout), size)
     real = torch.from_numpy(np.ascontiguousarray(photos.pixels[photos.usable()[:n]])).permute(0, 3, 1, 2).float()
     real = real / 255
     columns = [gray_rgb(norm_l(rgb_to_lab(real)[:, :1]))]
     columns += [_colorize_batch(Colorizer.from_artifact(m), real) for m in models]
-    grid_image([*columns, real], max_n=n).save(path, format="PNG", optimize=True)
+    titles = ["gray", *[Path(m).name for m in models], "real"]
+    grid_image([*columns, real], max_n=n, titles=titles).save(path, format="PNG", optimize=True)
 
 
 def main(argv=None) -> int:

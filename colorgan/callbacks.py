@@ -134,7 +134,7 @@ class RunCheckpoint(TrackerCallback):
         pred = model(l)
         model.train(was_training)
         with atomic_path(self.folder / "samples" / f"epoch_{self.epoch + 1:03d}.png") as tmp:
-            sample_grid(l, pred, ab).save(tmp, format="PNG")
+            sample_grid(l, pred, ab, caption=f"epoch {self.epoch + 1}").save(tmp, format="PNG")
 
 
 def probing(learn) -> bool:

@@ -90,8 +90,10 @@ def evaluate(model: str | os.PathLike | None, data: str | os.PathLike, out: str 
             rows[name] += [{"file": str(photos.files[i].name), **{k: float(v[j]) for k, v in per.items()}}
                            for j, i in enumerate(batch)]
         if grid is None:
+            models = [n for n in preds if n != "gray"]
             grid = grid_image([preds.get("gray", gray_rgb(norm_l(rgb_to_lab(real)[:, :1]))),
-                               *[p for n, p in preds.items() if n != "gray"], real])
+                               *[preds[n] for n in models], real], titles=["gray", *models, "real"],
+                              caption=f"{Path(model).name if model is not None else 'gray floor'}, {len(idx)} photos")
     render = colorizer.render_size if colorizer else "-"
     protocol = PROTOCOL.format(size=size, render=render, excess=FALSE_COLOR_CHROMA)
     result = {"protocol": protocol, "data": str(data), "n_images": len(idx),

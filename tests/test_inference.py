@@ -246,3 +246,15 @@ def test_training_and_inference_agree_on_a_training_size_photo(artefact, photo_d
     inside = gamut_scale(torch.cat([denorm_l(l), trained_ab], 1)) == 1  # where no chroma had to go
     assert inside.float().mean() > 0.5
     assert (lab[:, 1:] - trained_ab).abs()[inside.expand(-1, 2, -1, -1)].mean() < 0.5  # the same chroma (CIELAB)
+
+
+def test_sample_grids_name_their_columns_and_their_epoch():
+    from colorgan.color import gray_rgb
+    from colorgan.show import LINE, grid_image, sample_grid
+    l, ab = torch.zeros(3, 1, 32, 32), torch.zeros(3, 2, 32, 32)
+    plain = grid_image([gray_rgb(l)] * 3)
+    grid = sample_grid(l, ab, ab, caption="epoch 7")
+    assert grid.height == plain.height + 2 * LINE and grid.width == plain.width
+    header = np.asarray(grid)[:2 * LINE]
+    assert (header < 128).any(axis=-1).sum() > 40  # dark text drawn in the two title lines
+    assert (np.asarray(grid)[2 * LINE:] == np.asarray(plain)).all()

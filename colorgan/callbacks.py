@@ -9,6 +9,7 @@ import torch
 from fastai.callback.core import Callback, CancelFitException
 from fastai.callback.tracker import TrackerCallback
 from fastcore.foundation import L
+from PIL import Image
 
 from .artifacts import _unwrap, save_generator
 from .distributed import is_main_process
@@ -16,7 +17,7 @@ from .show import sample_grid
 from .utils import ColorganError, atomic_path, log
 
 __all__ = ["RunCheckpoint", "ReplayHistory", "GeneratorEMA", "LowestLoss", "ColourRule", "StopOnNaN",
-           "load_checkpoint", "LAST", "BEST"]
+           "load_checkpoint", "tensorboard_callback", "LAST", "BEST"]
 
 LAST, BEST = Path("checkpoints/last.pth"), Path("checkpoints/best.pth")
 
@@ -242,3 +243,50 @@ def load_checkpoint(learn, run: str | Path) -> dict:
         raise ColorganError(f"{path} holds optimizer state of another kind (written by an older colorgan?): "
                             f"start the run again with --overwrite ({e})") from e
     return state
+
+
+def tensorboard_callback(tensorboard: bool = False) -> list[Callback]:
+    """The run's TensorBoard log (`log.tensorboard = true`, `--tensorboard`): losses, metrics, the learning-rate
+    schedule and each epoch's sample grid under `RUN/tensorboard`; [] when off. Needs the `tensorboard` package."""
+    if not tensorboard:
+        return []
+    try:
+        from fastai.callback.tensorboard import TensorBoardCallback
+    except ImportError:
+        raise ColorganError("--tensorboard needs its package: pip install 'colorgan[tensorboard]'") from None
+
+    class RunTensorBoard(TensorBoardCallback):
+        "fastai's TensorBoardCallback, on a step count that goes on across --resume, with the epoch's sample grid."
+        order = RunCheckpoint.order + 1  # after the grid is written
+
+        def __init__(self):
+            super().__init__(trace_model=False, log_preds=False)
+
+        def before_fit(self):
+            self.log_dir = Path(self.learn.path) / "tensorboard"
+            super().before_fit()
+
+        @property
+        def step(self) -> int: return self.epoch * self.n_iter + self.iter
+        def before_epoch(self): self.skipped = False
+        def after_cancel_epoch(self): self.skipped = True  # an epoch a resumed run replays from its history
+
+        def after_batch(self):
+            if self.training:
+                self.writer.add_scalar("train_loss", self.smooth_loss, self.step)
+                for i, hypers in enumerate(self.opt.hypers):
+                    for k, v in hypers.items():
+                        if isinstance(v, (int, float)) and not isinstance(v, bool):  # lr, mom, wd...; not flags
+                            self.writer.add_scalar(f"{k}_{i}", v, self.step)
+
+        def after_epoch(self):
+            if self.skipped:
+                return
+            step = (self.epoch + 1) * len(self.dls.train)
+            for name, value in zip(self.recorder.metric_names[2:-1], self.recorder.log[2:-1]):
+                self.writer.add_scalar(name, value, step)
+            grid = Path(self.learn.path) / "samples" / f"epoch_{self.epoch + 1:03d}.png"
+            if grid.is_file():
+                self.writer.add_image("samples", np.asarray(Image.open(grid).convert("RGB")), step, dataformats="HWC")
+            self.writer.flush()
+    return [RunTensorBoard()]

@@ -33,7 +33,13 @@ def _recipe_options(f):
     f = click.option("--out", required=True, type=click.Path(file_okay=False), help="The run folder to write.")(f)
     f = click.option("--resume", is_flag=True, help="Continue the interrupted run in --out from its last epoch.")(f)
     f = click.option("--overwrite", is_flag=True, help="Start again in an --out that already holds a run.")(f)
+    f = click.option("--tensorboard", is_flag=True, help="Log losses, metrics, the schedule and sample grids for "
+                     "TensorBoard under OUT/tensorboard (log.tensorboard=true; pip install 'colorgan[tensorboard]').")(f)
     return f
+
+
+def _log(tensorboard: bool) -> list[str]:
+    return ["log.tensorboard=true"] if tensorboard else []
 
 
 @main.command()
@@ -41,10 +47,10 @@ def _recipe_options(f):
 @_recipe_options
 @click.option("--no-pretrained", is_flag=True, help="Start the body from random weights (no ImageNet download).")
 @click.option("--weights", type=click.Path(dir_okay=False), help="A local timm weights file for the body.")
-def pretrain(data, out, recipe, overrides, resume, overwrite, no_pretrained, weights):
+def pretrain(data, out, recipe, overrides, resume, overwrite, tensorboard, no_pretrained, weights):
     "Stage one: train the generator on L1 with fit_one_cycle on the photos in DATA."
     from .train import pretrain as run
-    overrides = list(overrides) + (["model.pretrained=false"] if no_pretrained else []) + \
+    overrides = list(overrides) + (["model.pretrained=false"] if no_pretrained else []) + _log(tensorboard) + \
         ([f"model.weights={json.dumps(weights)}"] if weights else [])
     run(data, out, recipe=recipe, overrides=overrides, resume=resume, overwrite=overwrite)
     click.echo(f"done: {out}")
@@ -54,10 +60,11 @@ def pretrain(data, out, recipe, overrides, resume, overwrite, no_pretrained, wei
 @click.argument("data", type=click.Path())
 @click.option("--generator", required=True, type=click.Path(), help="Stage one's run folder or generator.pth.")
 @_recipe_options
-def gan_finetune(data, generator, out, recipe, overrides, resume, overwrite):
+def gan_finetune(data, generator, out, recipe, overrides, resume, overwrite, tensorboard):
     "Stage two: fine-tune a generator against a conditional PatchGAN on the photos in DATA."
     from .train import gan_finetune as run
-    run(data, generator, out, recipe=recipe, overrides=list(overrides), resume=resume, overwrite=overwrite)
+    run(data, generator, out, recipe=recipe, overrides=list(overrides) + _log(tensorboard), resume=resume,
+        overwrite=overwrite)
     click.echo(f"done: {out}")
 
 

@@ -15,7 +15,7 @@ from fastai.torch_core import set_seed
 from . import learner as _patched  # noqa: F401  (fit_one_cycle is patched onto Learner there)
 from .artifacts import (ARTIFACT_NAME, CRITIC_NAME, _unwrap, generator_meta, load_critic_state, load_generator,
                         resolve_artifact, save_critic, save_generator)
-from .callbacks import BEST, LAST, ColourRule, RunCheckpoint, StopOnNaN
+from .callbacks import BEST, LAST, ColourRule, RunCheckpoint, StopOnNaN, tensorboard_callback
 from .data import photo_dls
 from .distributed import barrier, distributed, init_distributed, is_main_process, main_process_first
 from .gan import ConditionalGAN, fit_gan, gan_learner
@@ -45,6 +45,7 @@ PRETRAIN_SCHEMA = {
     "model": Section(build_generator, ("img_size",), {"width": number(0, 1, low_open=True)}),
     "learner": Section(pretrain_learner, ("dls", "model", "path", "cbs", "metrics"), LEARNER_LIMITS),
     "fit": FIT,
+    "log": Section(tensorboard_callback),
 }
 GAN_SCHEMA = {
     "data": Section(photo_dls, ("path",), DATA_LIMITS),
@@ -58,6 +59,7 @@ GAN_SCHEMA = {
         ConditionalGAN).parameters), LEARNER_LIMITS),  # ConditionalGAN's own keys belong to [gan]
     "keep": Section(ColourRule, ("start",), {"max_psnr_drop": number(0), "max_false_color": number(0, 1)}),
     "fit": Section(fit_gan, ("learn", "cbs", "reset_opt", "start_epoch", "wd"), FIT_LIMITS),
+    "log": Section(tensorboard_callback),
 }
 
 
@@ -191,7 +193,7 @@ def pretrain(data: str | os.PathLike, out: str | os.PathLike, recipe=None, overr
     learn = pretrain_learner(dls, path=run, **recipe["learner"], **recipe["model"])
     _record_policy(learn, run, recipe)
     meta = generator_meta(recipe["model"], dls.train.size, "pretrain", recipe)
-    run_fit(learn, run, recipe, meta, resume)
+    run_fit(learn, run, recipe, meta, resume, cbs=tensorboard_callback(**recipe["log"]))
     return _finish(learn, run, meta)
 
 
@@ -208,7 +210,8 @@ def gan_finetune(data: str | os.PathLike, generator: str | os.PathLike, out: str
     _record_policy(learn, run, recipe)
     meta = generator_meta(source["build"], dls.train.size, "gan", recipe)
     rule, best = _colour_rule(learn, run, meta, resume, **recipe["keep"])
-    run_fit(learn, run, recipe, meta, resume, rule=rule, best=best, fit=fit_gan)
+    run_fit(learn, run, recipe, meta, resume, cbs=tensorboard_callback(**recipe["log"]), rule=rule, best=best,
+            fit=fit_gan)
     _keep_best(learn, run)
     return _finish(learn, run, meta, critic, recipe["critic"])
 

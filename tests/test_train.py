@@ -194,3 +194,48 @@ def test_the_run_checkpoint_is_a_tracker_that_serves_two_fits_and_steps_aside_fo
     learn.fit(1, 1e-3)  # fastai sets Callback.run back to True after a fit: nothing of ours may live there
     assert (tmp_path / "run" / "checkpoints" / "last.pth").is_file() and checkpoint.best < float("inf")
     assert len(list((tmp_path / "run" / "samples").glob("epoch_*.png"))) == 1  # epoch 1 of each fit
+
+
+def test_tensorboard_logs_both_stages_and_goes_on_across_resume(photo_dir, tmp_path):
+    pytest.importorskip("tensorboard")
+    from click.testing import CliRunner
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from colorgan.cli import main
+    tiny = ["--set", "data.size=32", "--set", "data.bs=4", "--set", "data.valid_pct=0.25", "--set", "fit.lr_max=1e-3",
+            "--set", "data.augment=false", "--tensorboard"]
+    g, gan = tmp_path / "g", tmp_path / "gan"
+    for args in (["pretrain", photo_dir, "--out", g, "--no-pretrained", "--set", "model.width=0.25",
+                  "--set", "fit.n_epoch=1", *tiny],
+                 ["pretrain", photo_dir, "--out", g, "--resume", "--set", "fit.n_epoch=2", "--tensorboard"],
+                 ["gan-finetune", photo_dir, "--generator", g, "--out", gan, "--set", "fit.n_epoch=1",
+                  "--set", "critic.n_filters=8", *tiny]):
+        r = CliRunner().invoke(main, [str(a) for a in args])
+        assert r.exit_code == 0, r.output
+
+    def events(run):
+        acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+        acc.Reload()
+        return acc
+    stage_one = events(g)
+    steps = [e.step for e in stage_one.Scalars("train_loss")]
+    assert steps == sorted(steps) and len(set(steps)) == len(steps) and steps[-1] > steps[0]  # resume goes on
+    assert len(stage_one.Scalars("valid_loss")) == 2 and len(stage_one.Images("samples")) == 2
+    assert "lr_0" in stage_one.Tags()["scalars"] and "psnr" in stage_one.Tags()["scalars"]
+    assert "loss_G_GAN" in events(gan).Tags()["scalars"]
+
+
+def test_tensorboard_missing_is_a_clear_message(monkeypatch):
+    import builtins
+
+    from colorgan.callbacks import tensorboard_callback
+    real = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name == "fastai.callback.tensorboard":
+            raise ImportError("No module named 'tensorboard'")
+        return real(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    with pytest.raises(ColorganError, match=r"pip install 'colorgan\[tensorboard\]'"):
+        tensorboard_callback(True)
+    assert tensorboard_callback(False) == []

@@ -139,8 +139,9 @@ class RunCheckpoint(TrackerCallback):
 
 
 def probing(learn) -> bool:
-    "Whether the fit under way only probes (`lr_find`, `get_preds`): callbacks with state of their own step aside."
-    return hasattr(learn, "lr_finder") or hasattr(learn, "gather_preds")
+    """Whether the fit under way only probes (`lr_find`, `get_preds`, the budget's timing): callbacks with state of
+    their own step aside."""
+    return hasattr(learn, "lr_finder") or hasattr(learn, "gather_preds") or hasattr(learn, "budget_probe")
 
 
 class StopOnNaN(Callback):

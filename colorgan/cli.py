@@ -33,6 +33,8 @@ def _recipe_options(f):
     f = click.option("--out", required=True, type=click.Path(file_okay=False), help="The run folder to write.")(f)
     f = click.option("--resume", is_flag=True, help="Continue the interrupted run in --out from its last epoch.")(f)
     f = click.option("--overwrite", is_flag=True, help="Start again in an --out that already holds a run.")(f)
+    f = click.option("--minutes", type=click.FloatRange(min=0.1), help="Train for this long, wall clock: the whole "
+                     "schedule is sized to it (it replaces the recipe's fit.n_epoch).")(f)
     f = click.option("--tensorboard", is_flag=True, help="Log losses, metrics, the schedule and sample grids for "
                      "TensorBoard under OUT/tensorboard (log.tensorboard=true; pip install 'colorgan[tensorboard]').")(f)
     return f
@@ -47,12 +49,12 @@ def _log(tensorboard: bool) -> list[str]:
 @_recipe_options
 @click.option("--no-pretrained", is_flag=True, help="Start the body from random weights (no ImageNet download).")
 @click.option("--weights", type=click.Path(dir_okay=False), help="A local timm weights file for the body.")
-def pretrain(data, out, recipe, overrides, resume, overwrite, tensorboard, no_pretrained, weights):
+def pretrain(data, out, recipe, overrides, resume, overwrite, tensorboard, minutes, no_pretrained, weights):
     "Stage one: train the generator on L1 with fit_one_cycle on the photos in DATA."
     from .train import pretrain as run
     overrides = list(overrides) + (["model.pretrained=false"] if no_pretrained else []) + _log(tensorboard) + \
         ([f"model.weights={json.dumps(weights)}"] if weights else [])
-    run(data, out, recipe=recipe, overrides=overrides, resume=resume, overwrite=overwrite)
+    run(data, out, recipe=recipe, overrides=overrides, resume=resume, overwrite=overwrite, minutes=minutes)
     click.echo(f"done: {out}")
 
 
@@ -60,11 +62,11 @@ def pretrain(data, out, recipe, overrides, resume, overwrite, tensorboard, no_pr
 @click.argument("data", type=click.Path())
 @click.option("--generator", required=True, type=click.Path(), help="Stage one's run folder or generator.pth.")
 @_recipe_options
-def gan_finetune(data, generator, out, recipe, overrides, resume, overwrite, tensorboard):
+def gan_finetune(data, generator, out, recipe, overrides, resume, overwrite, tensorboard, minutes):
     "Stage two: fine-tune a generator against a conditional PatchGAN on the photos in DATA."
     from .train import gan_finetune as run
     run(data, generator, out, recipe=recipe, overrides=list(overrides) + _log(tensorboard), resume=resume,
-        overwrite=overwrite)
+        overwrite=overwrite, minutes=minutes)
     click.echo(f"done: {out}")
 
 

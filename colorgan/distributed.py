@@ -14,9 +14,8 @@ from fastai.distributed import DistributedDL, DistributedTrainer
 from torch.nn.parallel import DistributedDataParallel as DDP
 from fastai.torch_core import num_distrib, rank_distrib
 
-__all__ = ["is_distributed", "distributed", "all_reduce_sum", "is_main_process", "init_distributed",
-           "main_process_first", "wrap_ddp", "no_sync", "barrier",
-           "sync_buffers"]
+__all__ = ["is_distributed", "distributed", "all_reduce_sum", "broadcast_object", "is_main_process",
+           "init_distributed", "main_process_first", "wrap_ddp", "no_sync", "barrier", "sync_buffers"]
 
 
 def is_distributed() -> bool: return num_distrib() > 1
@@ -54,6 +53,15 @@ def init_distributed() -> None:
     if is_distributed() and not dist.is_initialized():
         from accelerate import PartialState
         PartialState(cpu=not torch.cuda.is_available())  # CPU processes: the gloo backend
+
+
+def broadcast_object(obj):
+    "Rank 0's picklable `obj` on every rank (itself when not distributed): one decision, shared."
+    if not is_distributed():
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def barrier() -> None:

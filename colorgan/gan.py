@@ -169,11 +169,12 @@ def gan_learner(dls, generator: nn.Module, critic: nn.Module | None = None, wd: 
     return learn
 
 
-def fit_gan(learn: Learner, n_epoch: int, lr_max: float = 2e-4, div: float = 25.0, div_final: float = 1e5,
-            pct_start: float = 0.25, wd: float | None = None, moms: tuple = (0.5, 0.5, 0.5), cbs=None,
-            reset_opt: bool = False, start_epoch: int = 0):
+def fit_gan(learn: Learner, n_epoch: int | None = None, lr_max: float = 2e-4, div: float = 25.0,
+            div_final: float = 1e5, pct_start: float = 0.25, wd: float | None = None, moms: tuple = (0.5, 0.5, 0.5),
+            cbs=None, reset_opt: bool = False, start_epoch: int = 0, minutes: float | None = None):
     """Stage two's schedule: fastai's one-cycle for the generator's learning rate with Adam's first moment held at
     0.5, as pix2pix keeps it (fit_one_cycle's default cycles it between 0.95 and 0.85, tuned for supervised
-    training). The critic's Adam has its own betas (`ConditionalGAN.betas`)."""
+    training). The critic's Adam has its own betas (`ConditionalGAN.betas`). `minutes` is read by `colorgan.train`,
+    which sizes `n_epoch` and the epochs' length to it (colorgan.budget)."""
     return learn.fit_one_cycle(n_epoch, lr_max=lr_max, div=div, div_final=div_final, pct_start=pct_start, wd=wd,
                                moms=tuple(moms), cbs=cbs, reset_opt=reset_opt, start_epoch=start_epoch)

@@ -10,6 +10,7 @@ from fastai.callback.fp16 import AMPMode, MixedPrecision
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 from fastai.losses import L1LossFlat
+from fastcore.meta import delegates
 from fastai.optimizer import OptimWrapper
 from fastcore.foundation import L
 
@@ -18,7 +19,7 @@ from .device import DevicePolicy, resolve_policy
 from .metrics import colorfulness_metric, false_color_metric, psnr_metric
 from .models import body_head_split, build_generator
 
-__all__ = ["pretrain_learner", "AdamW", "DeviceMixedPrecision", "UsePolicy", "compile_model", "adamw"]
+__all__ = ["pretrain_learner", "fit_pretrain", "AdamW", "DeviceMixedPrecision", "UsePolicy", "compile_model", "adamw"]
 
 
 class AdamW(torch.optim.AdamW):
@@ -119,3 +120,11 @@ def pretrain_learner(dls: DataLoaders, model: torch.nn.Module | None = None, wd:
                     metrics=[*metrics, psnr_metric(), colorfulness_metric(), colorfulness_metric("real"),
                              false_color_metric()], path=path, cbs=cbs)
     return apply_policy(learn, policy)
+
+
+@delegates(Learner.fit_one_cycle, but=["wd"])
+def fit_pretrain(learn: Learner, n_epoch: int | None = None, minutes: float | None = None, **kwargs):
+    """Stage one's schedule: fastai's fit_one_cycle over `n_epoch` epochs. `minutes` (a recipe's `fit.minutes`,
+    `--minutes`) is read by `colorgan.train`, which sizes `n_epoch` and the epochs' length to it (colorgan.budget);
+    weight decay is the Learner's (`[learner] wd`)."""
+    return learn.fit_one_cycle(n_epoch, **kwargs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -15,14 +16,16 @@ from fastai.torch_core import set_seed
 from . import learner as _patched  # noqa: F401  (fit_one_cycle is patched onto Learner there)
 from .artifacts import (ARTIFACT_NAME, CRITIC_NAME, _unwrap, generator_meta, load_critic_state, load_generator,
                         resolve_artifact, save_critic, save_generator)
+from . import budget
+from .budget import BudgetClock, Plan, fit_to_budget
 from .callbacks import BEST, LAST, ColourRule, RunCheckpoint, StopOnNaN, tensorboard_callback
 from .data import photo_dls
 from .distributed import barrier, distributed, init_distributed, is_main_process, main_process_first
 from .gan import ConditionalGAN, fit_gan, gan_learner
-from .learner import pretrain_learner
+from .learner import fit_pretrain, pretrain_learner
 from .models import build_critic, build_generator
 from .losses import ADV_LOSSES
-from .recipes import Section, dumps_toml, load_recipe, number, one_of, whole
+from .recipes import RecipeError, Section, dumps_toml, load_recipe, number, one_of, whole
 from .utils import ColorganError, atomic_path, check_out, log
 
 __all__ = ["pretrain", "gan_finetune", "PRETRAIN_SCHEMA", "GAN_SCHEMA", "RECIPE_NAME"]
@@ -35,11 +38,12 @@ DATA_LIMITS = {"size": whole(32, 4096), "bs": whole(1), "valid_pct": number(0, 1
 LEARNER_LIMITS = {"wd": number(0), "precision": one_of("auto", "fp32", "bf16", "fp16"),
                   "ema_decay": number(0, 1, high_open=True, optional=True)}
 _LR = number(0, low_open=True, optional=True)[0]
-FIT_LIMITS = {"n_epoch": whole(1), "div": number(0, low_open=True),
+FIT_LIMITS = {"n_epoch": whole(1, optional=True), "minutes": number(0, low_open=True, optional=True),
+              "div": number(0, low_open=True),
               "lr_max": (lambda v: _LR(v) or (isinstance(v, list) and v != [] and all(_LR(x) for x in v)),
                          "a finite number above 0, a list of them (one per parameter group) or unset"),
               "div_final": number(0, low_open=True), "pct_start": number(0, 1, high_open=True)}
-FIT = Section(Learner.fit_one_cycle, ("cbs", "reset_opt", "start_epoch", "wd"), FIT_LIMITS)  # wd: [learner]
+FIT = Section(fit_pretrain, ("learn", "cbs", "reset_opt", "start_epoch"), FIT_LIMITS)
 PRETRAIN_SCHEMA = {
     "data": Section(photo_dls, ("path",), DATA_LIMITS),
     "model": Section(build_generator, ("img_size",), {"width": number(0, 1, low_open=True)}),
@@ -63,17 +67,38 @@ GAN_SCHEMA = {
 }
 
 
-def prepare_run(out, recipe, overrides, schema: dict, resume: bool, overwrite: bool) -> dict:
+def _budget_or_epochs(recipe: dict, minutes: float | None) -> dict:
+    """A new run's length: `fit.n_epoch`, or `fit.minutes` (which also sizes `data.epoch_batches`), never both.
+    `minutes` from the command line or the Python call replaces the recipe's n_epoch, and says so."""
+    fit, data = recipe["fit"], recipe["data"]
+    if minutes is not None:
+        if fit["n_epoch"] is not None:
+            log.info(f"--minutes {minutes:g} replaces the recipe's fit.n_epoch = {fit['n_epoch']}")
+        fit["minutes"], fit["n_epoch"] = minutes, None
+    if fit["minutes"] is None and fit["n_epoch"] is None:
+        raise RecipeError("the recipe says how long to train in neither fit.n_epoch nor fit.minutes (--minutes N)")
+    for section, key in (("fit", "n_epoch"), ("data", "epoch_batches")):
+        if fit["minutes"] is not None and recipe[section][key] is not None:
+            raise RecipeError(f"fit.minutes = {fit['minutes']:g} and {section}.{key} = {recipe[section][key]} "
+                              f"contradict: the budget sizes {section}.{key} itself; give one of them")
+    return recipe
+
+
+def prepare_run(out, recipe, overrides, schema: dict, resume: bool, overwrite: bool,
+                minutes: float | None = None) -> dict:
     """Load and validate the recipe (a run being resumed uses its own resolved recipe, plus any overrides) and
     make the run folder; a finished or started run is never overwritten unless `overwrite`."""
     run = Path(out)
     if resume:
         if not (run / RECIPE_NAME).is_file():
             raise ColorganError(f"nothing to resume in {run}: it has no {RECIPE_NAME}")
+        if minutes is not None:
+            raise ColorganError(f"{run}'s budget was planned when it started; --resume continues that plan without "
+                                f"--minutes (raise fit.n_epoch with --set to train longer)")
         if is_main_process():
             clear_stale_temporaries(run)
         return _resumed_recipe(run, schema, overrides)
-    resolved = load_recipe(recipe, schema, overrides)
+    resolved = _budget_or_epochs(load_recipe(recipe, schema, overrides), minutes)
     if (run / ARTIFACT_NAME).exists() or (run / LAST).exists():
         if not overwrite:
             raise ColorganError(f"{run} already holds a run: continue it with --resume, or choose another --out "
@@ -100,7 +125,8 @@ def _resumed_recipe(run: Path, schema: dict, overrides) -> dict:
     return after
 
 
-RUN_FILES = (ARTIFACT_NAME, CRITIC_NAME, RECIPE_NAME, "history.csv", str(LAST), str(BEST), "checkpoints/start.json")
+RUN_FILES = (ARTIFACT_NAME, CRITIC_NAME, RECIPE_NAME, "history.csv", str(LAST), str(BEST), "checkpoints/start.json",
+             "checkpoints/budget.json")
 RUN_PATTERNS = ("samples/epoch_[0-9][0-9][0-9].png", ".*.tmp", "checkpoints/.*.tmp", "samples/.*.tmp")
 
 
@@ -130,12 +156,14 @@ def clear_stale_temporaries(run: Path) -> None:
 
 
 def run_fit(learn: Learner, run: Path, recipe: dict, meta: dict, resume: bool, cbs=(), rule=None,
-            best: float = float("inf"), fit=Learner.fit_one_cycle) -> Learner:
-    """fit_one_cycle with the run's callbacks, `best.pth` chosen by `rule` (lowest validation loss unless told);
-    on --resume, from the last finished epoch with its history replayed."""
-    fit_fn, fit = fit, dict(recipe["fit"])
-    n_epoch, start = fit.pop("n_epoch"), 0
+            best: float = float("inf"), fit=fit_pretrain, started: float | None = None) -> Learner:
+    """The stage's fit with the run's callbacks, `best.pth` chosen by `rule` (lowest validation loss unless told);
+    sized to `fit.minutes` when the recipe gives a budget; on --resume, from the last finished epoch with its
+    history replayed. `started`: when the run began (a `budget.clock()` reading), for the budget's account."""
     learn.path = Path(run)  # the run folder: where RunCheckpoint writes
+    cbs = [*cbs, *_budget(learn, run, recipe, resume, budget.clock() if started is None else started)]
+    fit_fn, fit = fit, {k: v for k, v in recipe["fit"].items() if k != "minutes"}
+    n_epoch, start = fit.pop("n_epoch"), 0
     checkpoint, nan_guard = RunCheckpoint(meta, best=best, rule=rule), StopOnNaN()
     cbs = [*cbs, nan_guard, *([CSVLogger("history.csv")] if is_main_process() else []), checkpoint]
     if resume:
@@ -152,11 +180,33 @@ def run_fit(learn: Learner, run: Path, recipe: dict, meta: dict, resume: bool, c
     return learn
 
 
-def _start(run: Path, data, recipe, overrides, schema: dict, resume: bool, overwrite: bool, reads=None):
+BUDGET = Path("checkpoints/budget.json")
+
+
+def _budget(learn: Learner, run: Path, recipe: dict, resume: bool, started: float) -> list:
+    """A run with `fit.minutes`: planned now (recorded as fit.n_epoch and data.epoch_batches in the resolved recipe,
+    the measurements in checkpoints/budget.json), or, resumed, its recorded plan; the clock callback for either."""
+    minutes = recipe["fit"]["minutes"]
+    if minutes is None:
+        return []
+    if resume and (run / BUDGET).is_file():
+        return [BudgetClock(Plan(**json.loads((run / BUDGET).read_text())))]
+    plan = fit_to_budget(learn, minutes, started)
+    recipe["fit"]["n_epoch"], recipe["data"]["epoch_batches"] = plan.n_epoch, plan.epoch_batches
+    if is_main_process():
+        with atomic_path(run / RECIPE_NAME) as tmp:
+            tmp.write_text(dumps_toml(recipe))
+        with atomic_path(run / BUDGET) as tmp:
+            tmp.write_text(json.dumps(asdict(plan)))
+    return [BudgetClock(plan)]
+
+
+def _start(run: Path, data, recipe, overrides, schema: dict, resume: bool, overwrite: bool, reads=None,
+           minutes: float | None = None):
     "What both stages do first: check --out, join the process group, resolve the recipe, seed, load the photos."
     check_out(run, data, reads)
     init_distributed()
-    recipe = prepare_run(run, recipe, overrides, schema, resume, overwrite)
+    recipe = prepare_run(run, recipe, overrides, schema, resume, overwrite, minutes)
     set_seed(recipe["data"]["seed"])
     with main_process_first():
         dls = photo_dls(data, **recipe["data"])
@@ -185,33 +235,35 @@ def _finish(learn: Learner, run: Path, meta: dict, critic=None, critic_build: di
 
 
 def pretrain(data: str | os.PathLike, out: str | os.PathLike, recipe=None, overrides=(), resume: bool = False,
-             overwrite: bool = False) -> Learner:
+             overwrite: bool = False, minutes: float | None = None) -> Learner:
     """Stage one: train the generator on L1 with `fit_one_cycle` as the recipe says, writing the run folder
-    (generator.pth, recipe.resolved.toml, history.csv, samples/, checkpoints/). Returns the Learner."""
-    run = Path(out)
-    recipe, dls = _start(run, data, recipe, overrides, PRETRAIN_SCHEMA, resume, overwrite)
+    (generator.pth, recipe.resolved.toml, history.csv, samples/, checkpoints/). `minutes` sizes the schedule to a
+    wall-clock budget instead of the recipe's fit.n_epoch (colorgan.budget). Returns the Learner."""
+    run, started = Path(out), budget.clock()
+    recipe, dls = _start(run, data, recipe, overrides, PRETRAIN_SCHEMA, resume, overwrite, minutes=minutes)
     learn = pretrain_learner(dls, path=run, **recipe["learner"], **recipe["model"])
     _record_policy(learn, run, recipe)
     meta = generator_meta(recipe["model"], dls.train.size, "pretrain", recipe)
-    run_fit(learn, run, recipe, meta, resume, cbs=tensorboard_callback(**recipe["log"]))
+    run_fit(learn, run, recipe, meta, resume, cbs=tensorboard_callback(**recipe["log"]), started=started)
     return _finish(learn, run, meta)
 
 
 def gan_finetune(data: str | os.PathLike, generator: str | os.PathLike, out: str | os.PathLike, recipe=None,
-                 overrides=(), resume: bool = False, overwrite: bool = False) -> Learner:
+                 overrides=(), resume: bool = False, overwrite: bool = False, minutes: float | None = None) -> Learner:
     """Stage two: fine-tune a stage-one generator (a run folder or artefact) adversarially against a conditional
     PatchGAN, as the recipe says. Writes the same kind of run folder as `pretrain`, with critic.pth beside the
-    generator artefact, and returns the Learner (its model is the generator)."""
-    run, generator = Path(out), resolve_artifact(generator)  # a wrong path fails before anything else
+    generator artefact, and returns the Learner (its model is the generator). `minutes` as in `pretrain`."""
+    run, generator, started = Path(out), resolve_artifact(generator), budget.clock()  # a wrong path fails first
     net, source = load_generator(generator)  # read before --overwrite may clear anything
-    recipe, dls = _start(run, data, recipe, overrides, GAN_SCHEMA, resume, overwrite, reads=generator)
+    recipe, dls = _start(run, data, recipe, overrides, GAN_SCHEMA, resume, overwrite, reads=generator,
+                         minutes=minutes)
     critic = _critic_for(generator, recipe["critic"])
     learn = gan_learner(dls, net.train(), critic, path=run, **recipe["learner"], **recipe["gan"])
     _record_policy(learn, run, recipe)
     meta = generator_meta(source["build"], dls.train.size, "gan", recipe)
     rule, best = _colour_rule(learn, run, meta, resume, **recipe["keep"])
     run_fit(learn, run, recipe, meta, resume, cbs=tensorboard_callback(**recipe["log"]), rule=rule, best=best,
-            fit=fit_gan)
+            fit=fit_gan, started=started)
     _keep_best(learn, run)
     return _finish(learn, run, meta, critic, recipe["critic"])
 

@@ -1,0 +1,148 @@
+"""Train for a stated time: `--minutes N` (`fit.minutes`) sizes the whole schedule to a wall-clock budget.
+
+Before the fit, a few training batches are timed (on a copy of the state that is then put back: the probe
+changes nothing), one validation pass and one checkpoint write too; `plan_budget` turns those into a number of
+epochs and of batches per epoch so that the schedule, validation and checkpoints included, ends within the budget.
+The plan is written into the resolved recipe (`fit.n_epoch`, `data.epoch_batches`), so `--resume` continues the
+same schedule with what is left of it, and every rank follows rank 0's plan.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from fastai.callback.core import Callback, CancelFitException
+
+from .artifacts import _unwrap
+from .distributed import broadcast_object, is_main_process
+from .utils import log
+
+__all__ = ["Plan", "plan_budget", "measure", "fit_to_budget", "BudgetClock", "clock"]
+
+clock = time.perf_counter  # the one clock of this module: tests replace it, so no test sleeps
+MAX_EPOCHS = 50            # validation and a checkpoint this often at most, however long the budget
+PROBE_BATCHES = 4          # timed training batches; the first one (warm-up) is not counted
+MARGIN = 0.93              # of what is left, what the plan fills: the grid, the logs and the progress bar are not timed
+
+
+@dataclass
+class Plan:
+    "A budget turned into a schedule, with the measurements it came from (seconds)."
+    minutes: float
+    n_epoch: int
+    epoch_batches: int
+    step_s: float
+    valid_s: float
+    save_s: float
+    spent_s: float = 0.0  # already gone when the plan was made: loading photos, building nets, the timing itself
+
+    @property
+    def planned_s(self) -> float:
+        return self.n_epoch * (self.epoch_batches * self.step_s + self.valid_s + self.save_s)
+
+
+def plan_budget(minutes: float, step_s: float, valid_s: float, save_s: float, natural_batches: int,
+                spent_s: float = 0.0) -> Plan:
+    """The schedule that fits `minutes` (less `spent_s`, already gone, and a margin): whole epochs of the photos
+    (`natural_batches` each) while they fit, about one validation per natural epoch and at most MAX_EPOCHS; a
+    budget shorter than an epoch still validates up to 3 times, with validation and checkpoints taking at most a
+    quarter of it. Batches per epoch fill what is left."""
+    budget, overhead = max(minutes * 60 - spent_s, step_s) * MARGIN, valid_s + save_s
+    full_epoch = natural_batches * step_s + overhead
+    if budget >= full_epoch:
+        n_epoch = min(MAX_EPOCHS, int(budget // full_epoch))
+    else:
+        n_epoch = max(1, min(3, int(budget / 4 // max(overhead, 1e-9))))
+    batches = int((budget / n_epoch - overhead) // step_s)
+    return Plan(minutes, n_epoch, max(1, batches), step_s, valid_s, save_s, spent_s)
+
+
+class _Probe(Callback):
+    "Times `n` training batches, then ends the fit; the colorgan callbacks with state step aside (`probing`)."
+    order = 100
+
+    def __init__(self, n: int):
+        self.n, self.times = n, []
+
+    def before_batch(self): self.start = clock()
+    def after_batch(self):
+        if self.training:
+            self.times.append(clock() - self.start)
+            if len(self.times) >= self.n:
+                raise CancelFitException
+
+
+def measure(learn) -> tuple[float, float, float]:
+    """(seconds per training batch, per validation pass, per checkpoint write) of this Learner as it will train:
+    a few real steps (its callbacks included: the critic's steps in stage two) at a learning rate of 0, after
+    which the model's, optimizer's and callbacks' state is put back as it was."""
+    saved = _snapshot(learn)
+    learn.budget_probe = probe = _Probe(PROBE_BATCHES)
+    try:
+        learn.fit(1, lr=0.0, cbs=[probe])
+    finally:
+        del learn.budget_probe
+        _restore(learn, saved)
+    step_s = sorted(probe.times[1:] or probe.times)[len(probe.times[1:] or probe.times) // 2]
+    start = clock()
+    learn.validate()
+    valid_s = clock() - start
+    start = clock()
+    torch.save({"model": _unwrap(learn.model).state_dict(), **saved["callbacks"]}, io.BytesIO())
+    return step_s, valid_s, 4 * (clock() - start)  # last.pth (the model, Adam's two moments) and best.pth
+
+
+def _snapshot(learn) -> dict:
+    return {"model": copy.deepcopy(_unwrap(learn.model).state_dict()), "opt": learn.opt,
+            "callbacks": {k: v for cb in learn.cbs if hasattr(cb, "checkpoint_state")
+                          for k, v in copy.deepcopy(cb.checkpoint_state()).items()}}
+
+
+def _restore(learn, saved: dict) -> None:
+    _unwrap(learn.model).load_state_dict(saved["model"])
+    learn.opt = saved["opt"]
+    for cb in learn.cbs:
+        if hasattr(cb, "load_checkpoint_state"):
+            cb.load_checkpoint_state(saved["callbacks"])
+
+
+def fit_to_budget(learn, minutes: float, started: float) -> Plan:
+    """Measure (rank 0), plan what is left of `minutes` since `started` (a `clock()` reading), and share the plan
+    with every rank; the training loader gets its epoch length."""
+    plan = None
+    if is_main_process():
+        natural = max(1, len(learn.dls.train.dataset) // learn.dls.train.bs)
+        measured = measure(learn)
+        plan = plan_budget(minutes, *measured, natural_batches=natural, spent_s=clock() - started)
+    plan = Plan(**broadcast_object(asdict(plan) if plan else None))
+    learn.dls.train.epoch_batches = plan.epoch_batches
+    log.info(f"{minutes:g} minutes: {plan.spent_s / 60:.1f} gone to setting up, then {plan.n_epoch} epoch(s) of "
+             f"{plan.epoch_batches} batches ({plan.step_s:.2f} s each, validation {plan.valid_s:.1f} s, checkpoints "
+             f"{plan.save_s:.1f} s an epoch): planned {(plan.spent_s + plan.planned_s) / 60:.1f} minutes")
+    return plan
+
+
+class BudgetClock(Callback):
+    """Shows the time left of the budget beside the epoch bar and in the log, and at the end the planned and actual
+    minutes (the actual ones counting from this fit's start: a resumed run counts what it adds)."""
+    order = 70
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+
+    def before_fit(self): self.start = clock() - self.plan.spent_s
+
+    def after_epoch(self):
+        used = (clock() - self.start) / 60
+        left = max(0.0, self.plan.minutes - used)
+        if getattr(self.learn, "progress", None) is not None and getattr(self.learn.progress, "mbar", None):
+            self.learn.progress.mbar.main_bar.comment = f"{left:.1f} of {self.plan.minutes:g} min left"
+        log.info(f"epoch {self.epoch + 1}/{self.plan.n_epoch}: {used:.1f} min so far, about {left:.1f} min left")
+
+    def after_fit(self):
+        actual = (clock() - self.start) / 60
+        planned = (self.plan.spent_s + self.plan.planned_s) / 60
+        log.info(f"budget {self.plan.minutes:g} min: planned {planned:.1f}, took {actual:.1f}")

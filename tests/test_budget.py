@@ -1,0 +1,89 @@
+"--minutes: a schedule sized to a wall-clock budget from measured step times (a fake clock here: no test sleeps)."
+import csv
+import json
+
+import pytest
+
+import colorgan.budget
+from colorgan.budget import MARGIN, MAX_EPOCHS, plan_budget
+from colorgan.recipes import RecipeError
+from colorgan.train import pretrain
+from colorgan.utils import ColorganError
+from conftest import TINY_MODEL, interrupted, tiny_recipe
+
+
+@pytest.mark.parametrize("minutes, step, natural", [(90, 0.8, 165), (10, 0.8, 165), (1, 0.8, 165), (0.2, 2.0, 1000),
+                                                    (600, 0.01, 10)])
+def test_a_plan_ends_within_its_budget_and_uses_most_of_it(minutes, step, natural):
+    plan = plan_budget(minutes, step_s=step, valid_s=5.0, save_s=1.0, natural_batches=natural)
+    budget = minutes * 60
+    assert 1 <= plan.n_epoch <= MAX_EPOCHS and plan.epoch_batches >= 1
+    assert plan.planned_s <= budget * MARGIN  # a margin for what the timing does not see (grids, logs)
+    assert plan.planned_s >= budget * MARGIN - plan.n_epoch * step - 6.0 or plan.epoch_batches == 1
+    if budget >= natural * step + 6:  # a whole epoch fits: epochs at least as long as one pass over the photos
+        assert plan.epoch_batches >= natural
+    else:  # shorter than an epoch: still validated, with at most a quarter of the budget on it
+        assert plan.n_epoch * 6.0 <= budget / 4 or plan.n_epoch == 1
+
+
+def test_90_minutes_at_the_cpu_recipes_speed():
+    "2,642 photos at 64 px, batches of 16 at 0.8 s: 165 batches an epoch; 93% of 90 minutes is 36 such epochs."
+    plan = plan_budget(90, step_s=0.8, valid_s=4.0, save_s=2.0, natural_batches=165)
+    assert plan.n_epoch == 36 and plan.epoch_batches == 166
+
+
+@pytest.fixture
+def fake_clock(monkeypatch):
+    "Every reading of the clock is half a second after the last: each timed thing takes 0.5 s."
+    now = [0.0]
+
+    def tick():
+        now[0] += 0.5
+        return now[0]
+    monkeypatch.setattr(colorgan.budget, "clock", tick)
+
+
+def _rows(run):
+    with open(run / "history.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_minutes_size_the_run_from_the_measured_step_time(photo_dir, tmp_path, fake_clock):
+    """Each timing 0.5 s on the fake clock: a batch 0.5 s, validation 0.5 s, checkpoints 4 x 0.5 s; the plan fills
+    what is left of 30 s after setting up, ends within it, and the run trains exactly the planned epochs."""
+    run = tmp_path / "run"
+    recipe = tiny_recipe(model=TINY_MODEL)
+    pretrain(photo_dir, run, recipe=recipe, minutes=0.5)  # replaces the recipe's n_epoch, and says so
+    plan = json.loads((run / "checkpoints" / "budget.json").read_text())
+    assert (plan["step_s"], plan["valid_s"], plan["save_s"]) == (0.5, 0.5, 2.0) and 0 < plan["spent_s"] < 30
+    epoch_s = plan["epoch_batches"] * 0.5 + 2.5
+    assert plan["n_epoch"] * epoch_s <= 30 - plan["spent_s"] < (plan["n_epoch"] + 1) * epoch_s + 0.5 + 30 * 0.07
+    assert plan["epoch_batches"] >= 2  # 9 photos in batches of 4: at least one whole pass an epoch
+    text = (run / "recipe.resolved.toml").read_text()
+    assert f"n_epoch = {plan['n_epoch']}" in text and f"epoch_batches = {plan['epoch_batches']}" in text
+    assert "minutes = 0.5" in text and len(_rows(run)) == plan["n_epoch"]
+
+
+def test_a_resumed_budget_run_continues_its_plan(photo_dir, tmp_path, fake_clock):
+    run = tmp_path / "run"
+    recipe = tiny_recipe(model=TINY_MODEL)
+    interrupted(pretrain, photo_dir, run, recipe=recipe, minutes=0.5)
+    planned = json.loads((run / "checkpoints" / "budget.json").read_text())
+    assert len(_rows(run)) == 1 and planned["n_epoch"] > 1
+    with pytest.raises(ColorganError, match="continues that plan"):
+        pretrain(photo_dir, run, resume=True, minutes=5)
+    pretrain(photo_dir, run, resume=True)  # the rest of the same plan, not a fresh budget
+    assert len(_rows(run)) == planned["n_epoch"]
+    assert json.loads((run / "checkpoints" / "budget.json").read_text()) == planned
+
+
+@pytest.mark.parametrize("setting, named", [(["fit.n_epoch=3"], "fit.n_epoch = 3"),
+                                            (["data.epoch_batches=5"], "data.epoch_batches = 5")])
+def test_a_budget_and_a_contradicting_setting_are_refused_naming_both(photo_dir, tmp_path, setting, named):
+    recipe = {**tiny_recipe(model=TINY_MODEL), "fit": {"minutes": 1.0, "lr_max": 1e-3}}
+    with pytest.raises(RecipeError) as err:
+        pretrain(photo_dir, tmp_path / "run", recipe=recipe, overrides=setting)
+    assert "fit.minutes = 1" in str(err.value) and named in str(err.value) and "contradict" in str(err.value)
+    recipe = {**tiny_recipe(model=TINY_MODEL), "fit": {"lr_max": 1e-3}}
+    with pytest.raises(RecipeError, match="neither fit.n_epoch nor fit.minutes"):
+        pretrain(photo_dir, tmp_path / "run", recipe=recipe)

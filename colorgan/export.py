@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +52,8 @@ def export_onnx(model: str | os.PathLike, onnx_path: str | os.PathLike, opset: i
     module = LabGenerator(net).eval()
     size = _multiple_of_stride(meta["size"])
     onnx_path, diffs = Path(onnx_path), None
-    with atomic_path(onnx_path) as tmp:  # the file gets its name only once written and checked
+    with atomic_path(onnx_path) as tmp, warnings.catch_warnings():  # named only once written and checked
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # DynamicUnet's shape checks: true at any size /32
         torch.onnx.export(module, (torch.rand(1, 1, size, size) * 100,), str(tmp), dynamo=False, opset_version=opset,
                           input_names=["L"], output_names=["ab"],
                           dynamic_axes={name: {0: "n", 2: "height", 3: "width"} for name in ("L", "ab")})

@@ -82,13 +82,15 @@ def measure(learn) -> tuple[float, float, float]:
     saved = _snapshot(learn)
     learn.budget_probe = probe = _Probe(PROBE_BATCHES)
     try:
-        learn.fit(1, lr=0.0, cbs=[probe])
+        with learn.no_bar(), learn.no_logging():
+            learn.fit(1, lr=0.0, cbs=[probe])
     finally:
         del learn.budget_probe
         _restore(learn, saved)
     step_s = min(probe.times[2:] or probe.times)  # steady state: on CPU the first batches ran 1.45x slower
     start = clock()
-    learn.validate()
+    with learn.no_bar():
+        learn.validate()
     valid_s = clock() - start
     start = clock()
     torch.save({"model": _unwrap(learn.model).state_dict(), **saved["callbacks"]}, io.BytesIO())
@@ -96,14 +98,18 @@ def measure(learn) -> tuple[float, float, float]:
 
 
 def _snapshot(learn) -> dict:
+    "What a few training steps change: the weights (BatchNorm's statistics), the optimizer, callbacks' own state."
     return {"model": copy.deepcopy(_unwrap(learn.model).state_dict()), "opt": learn.opt,
+            "opt_state": copy.deepcopy(learn.opt.state_dict()) if learn.opt is not None else None,
             "callbacks": {k: v for cb in learn.cbs if hasattr(cb, "checkpoint_state")
                           for k, v in copy.deepcopy(cb.checkpoint_state()).items()}}
 
 
 def _restore(learn, saved: dict) -> None:
     _unwrap(learn.model).load_state_dict(saved["model"])
-    learn.opt = saved["opt"]
+    learn.opt = saved["opt"]  # None when the fit made the optimizer: the real fit makes a fresh one
+    if learn.opt is not None:
+        learn.opt.load_state_dict(saved["opt_state"])
     for cb in learn.cbs:
         if hasattr(cb, "load_checkpoint_state"):
             cb.load_checkpoint_state(saved["callbacks"])

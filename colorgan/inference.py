@@ -68,11 +68,7 @@ def onnx_session(artifact: Path):
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         log.info(f"exporting {artifact} for onnxruntime, once (kept in {path.parent})")
-        try:
-            export_onnx(artifact, path)
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
+        export_onnx(artifact, path)  # named only once written and checked: a failed export leaves no file
     options = ort.SessionOptions()
     options.log_severity_level = 3  # warnings about unused initialisers are noise to a user
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -87,3 +87,21 @@ def test_a_budget_and_a_contradicting_setting_are_refused_naming_both(photo_dir,
     recipe = {**tiny_recipe(model=TINY_MODEL), "fit": {"lr_max": 1e-3}}
     with pytest.raises(RecipeError, match="neither fit.n_epoch nor fit.minutes"):
         pretrain(photo_dir, tmp_path / "run", recipe=recipe)
+
+
+def test_the_timing_changes_nothing(photo_dir):
+    "The probe trains a few real batches; the weights, BatchNorm statistics and an optimizer's state come back."
+    import torch
+
+    from colorgan.budget import measure
+    from colorgan.data import photo_dls
+    from colorgan.learner import pretrain_learner
+    dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False)
+    learn = pretrain_learner(dls, pretrained=False, width=0.25)
+    learn.fit(1, 1e-3)  # an optimizer with state, as a Python user's Learner has
+    before = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    moments = {k: v.clone() for k, v in learn.opt.state_dict()["state"][0].items() if torch.is_tensor(v)}
+    step_s, valid_s, save_s = measure(learn)
+    assert step_s > 0 and valid_s > 0 and save_s > 0
+    assert all(torch.equal(before[k], v) for k, v in learn.model.state_dict().items())
+    assert all(torch.equal(moments[k], v) for k, v in learn.opt.state_dict()["state"][0].items() if k in moments)

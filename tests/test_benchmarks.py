@@ -3,9 +3,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).parents[1] / "benchmarks"
 
 
+@pytest.mark.slow  # a whole benchmark in subprocesses, 25 s
 def test_train_throughput_runs_tiny_and_prints_its_table():
     r = subprocess.run([sys.executable, "train_throughput.py", "--tiny"], cwd=BENCH, capture_output=True, text=True,
                        timeout=600)

@@ -3,9 +3,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 EXAMPLES = Path(__file__).parents[1] / "examples"
 
 
+@pytest.mark.slow  # the example end to end in a subprocess (full-width ResNet18), 16 s
 def test_python_api_example(tmp_path):
     r = subprocess.run([sys.executable, str(EXAMPLES / "python_api.py"), "--size", "32", "--epochs", "1",
                         "--out", str(tmp_path / "run")], cwd=tmp_path, capture_output=True, text=True, timeout=600)

@@ -64,6 +64,14 @@ def test_minutes_size_the_run_from_the_measured_step_time(photo_dir, tmp_path, f
     assert "minutes = 0.5" in text and len(_rows(run)) == plan["n_epoch"]
 
 
+def test_minutes_given_to_the_call_replace_the_recipes_epochs_and_epoch_length(photo_dir, tmp_path, fake_clock):
+    "As `--minutes` with recipes/cpu-gan.toml (n_epoch 12, epoch_batches 33): the budget decides both."
+    recipe = tiny_recipe(model=TINY_MODEL, data={"epoch_batches": 33}, fit={"n_epoch": 12})
+    pretrain(photo_dir, tmp_path / "run", recipe=recipe, minutes=0.3)
+    plan = json.loads((tmp_path / "run" / "checkpoints" / "budget.json").read_text())
+    assert plan["epoch_batches"] != 33 and len(_rows(tmp_path / "run")) == plan["n_epoch"]
+
+
 def test_a_resumed_budget_run_continues_its_plan(photo_dir, tmp_path, fake_clock):
     run = tmp_path / "run"
     recipe = tiny_recipe(model=TINY_MODEL)

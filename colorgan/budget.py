@@ -45,12 +45,16 @@ class Plan:
 
 
 def plan_budget(minutes: float, step_s: float, valid_s: float, save_s: float, natural_batches: int,
-                spent_s: float = 0.0) -> Plan:
-    """The schedule that fits `minutes` (less `spent_s`, already gone, and a margin): whole epochs of the photos
+                spent_s: float = 0.0, epoch_batches: int | None = None) -> Plan:
+    """The schedule that fits `minutes` (less `spent_s`, already gone, and a margin). With `epoch_batches` (the
+    recipe's: how often to validate) only the number of epochs is sized. Otherwise: whole epochs of the photos
     (`natural_batches` each) while they fit, about one validation per natural epoch and at most MAX_EPOCHS; a
     budget shorter than an epoch still validates up to 3 times, with validation and checkpoints taking at most a
-    quarter of it. Batches per epoch fill what is left."""
+    quarter of it; batches per epoch fill what is left."""
     budget, overhead = max(minutes * 60 - spent_s, step_s) * MARGIN, valid_s + save_s
+    if epoch_batches:
+        n_epoch = max(1, int(budget // (epoch_batches * step_s + overhead)))
+        return Plan(minutes, n_epoch, epoch_batches, step_s, valid_s, save_s, spent_s)
     full_epoch = natural_batches * step_s + overhead
     if budget >= full_epoch:
         n_epoch = min(MAX_EPOCHS, int(budget // full_epoch))
@@ -122,7 +126,8 @@ def fit_to_budget(learn, minutes: float, started: float) -> Plan:
     if is_main_process():
         natural = max(1, len(learn.dls.train.dataset) // learn.dls.train.bs)
         measured = measure(learn)
-        plan = plan_budget(minutes, *measured, natural_batches=natural, spent_s=clock() - started)
+        plan = plan_budget(minutes, *measured, natural_batches=natural, spent_s=clock() - started,
+                           epoch_batches=learn.dls.train.epoch_batches)
     plan = Plan(**broadcast_object(asdict(plan) if plan else None))
     learn.dls.train.epoch_batches = plan.epoch_batches
     log.info(f"{minutes:g} minutes: {plan.spent_s / 60:.1f} gone to setting up, then {plan.n_epoch} epoch(s) of "

@@ -68,22 +68,19 @@ GAN_SCHEMA = {
 
 
 def _budget_or_epochs(recipe: dict, minutes: float | None) -> dict:
-    """A new run's length: `fit.n_epoch`, or `fit.minutes` (which also sizes `data.epoch_batches`), never both.
-    `minutes` from the command line or the Python call replaces the recipe's n_epoch and epoch_batches, and says
-    so; a recipe (or --set) that gives fit.minutes with either is refused."""
-    fit, data = recipe["fit"], recipe["data"]
+    """A new run's length: `fit.n_epoch`, or `fit.minutes`, never both (a recipe's `data.epoch_batches` still sets
+    how often it validates; without it the budget sizes the epochs too). `minutes` from the command line or the
+    Python call replaces the recipe's n_epoch, and says so; a recipe (or --set) that gives both is refused."""
+    fit = recipe["fit"]
     if minutes is not None:
-        for section, key in (("fit", "n_epoch"), ("data", "epoch_batches")):
-            if recipe[section][key] is not None:
-                log.info(f"--minutes {minutes:g} replaces the recipe's {section}.{key} = {recipe[section][key]}")
-                recipe[section][key] = None
-        fit["minutes"] = minutes
+        if fit["n_epoch"] is not None:
+            log.info(f"--minutes {minutes:g} replaces the recipe's fit.n_epoch = {fit['n_epoch']}")
+        fit["minutes"], fit["n_epoch"] = minutes, None
     if fit["minutes"] is None and fit["n_epoch"] is None:
         raise RecipeError("the recipe says how long to train in neither fit.n_epoch nor fit.minutes (--minutes N)")
-    for section, key in (("fit", "n_epoch"), ("data", "epoch_batches")):
-        if fit["minutes"] is not None and recipe[section][key] is not None:
-            raise RecipeError(f"fit.minutes = {fit['minutes']:g} and {section}.{key} = {recipe[section][key]} "
-                              f"contradict: the budget sizes {section}.{key} itself; give one of them")
+    if fit["minutes"] is not None and fit["n_epoch"] is not None:
+        raise RecipeError(f"fit.minutes = {fit['minutes']:g} and fit.n_epoch = {fit['n_epoch']} contradict: the "
+                          f"budget sizes the number of epochs itself; give one of them")
     return recipe
 
 

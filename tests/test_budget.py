@@ -64,12 +64,20 @@ def test_minutes_size_the_run_from_the_measured_step_time(photo_dir, tmp_path, f
     assert "minutes = 0.5" in text and len(_rows(run)) == plan["n_epoch"]
 
 
-def test_minutes_given_to_the_call_replace_the_recipes_epochs_and_epoch_length(photo_dir, tmp_path, fake_clock):
-    "As `--minutes` with recipes/cpu-gan.toml (n_epoch 12, epoch_batches 33): the budget decides both."
-    recipe = tiny_recipe(model=TINY_MODEL, data={"epoch_batches": 33}, fit={"n_epoch": 12})
+def test_minutes_keep_the_recipes_epoch_length_and_size_the_epochs(photo_dir, tmp_path, fake_clock):
+    """As `--minutes` with recipes/cpu-gan.toml (n_epoch 12, epoch_batches 33): n_epoch is replaced, the epoch
+    length (how often stage two validates and picks its best) is kept: 3 batches an epoch here."""
+    recipe = tiny_recipe(model=TINY_MODEL, data={"epoch_batches": 3}, fit={"n_epoch": 12})
     pretrain(photo_dir, tmp_path / "run", recipe=recipe, minutes=0.3)
     plan = json.loads((tmp_path / "run" / "checkpoints" / "budget.json").read_text())
-    assert plan["epoch_batches"] != 33 and len(_rows(tmp_path / "run")) == plan["n_epoch"]
+    epoch_s = 3 * 0.5 + 2.5
+    assert plan["epoch_batches"] == 3 and plan["n_epoch"] * epoch_s <= 18 - plan["spent_s"]
+    assert len(_rows(tmp_path / "run")) == plan["n_epoch"] > 1
+
+
+def test_a_fixed_epoch_length_is_planned_by_count_alone():
+    plan = plan_budget(10, step_s=1.2, valid_s=1.5, save_s=1.8, natural_batches=165, epoch_batches=33)
+    assert plan.epoch_batches == 33 and plan.n_epoch == int(600 * MARGIN // (33 * 1.2 + 3.3)) == 13
 
 
 def test_a_resumed_budget_run_continues_its_plan(photo_dir, tmp_path, fake_clock):
@@ -85,8 +93,7 @@ def test_a_resumed_budget_run_continues_its_plan(photo_dir, tmp_path, fake_clock
     assert json.loads((run / "checkpoints" / "budget.json").read_text()) == planned
 
 
-@pytest.mark.parametrize("setting, named", [(["fit.n_epoch=3"], "fit.n_epoch = 3"),
-                                            (["data.epoch_batches=5"], "data.epoch_batches = 5")])
+@pytest.mark.parametrize("setting, named", [(["fit.n_epoch=3"], "fit.n_epoch = 3")])
 def test_a_budget_and_a_contradicting_setting_are_refused_naming_both(photo_dir, tmp_path, setting, named):
     recipe = {**tiny_recipe(model=TINY_MODEL), "fit": {"minutes": 1.0, "lr_max": 1e-3}}
     with pytest.raises(RecipeError) as err:

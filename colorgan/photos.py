@@ -35,18 +35,6 @@ def _wide_gray(img: Image.Image) -> np.ndarray:
     return np.clip(arr / peak, 0, 1)
 
 
-def pil_to_rgb_array(img: Image.Image) -> np.ndarray:
-    """Any PIL image -> float32 sRGB array (H,W,3) in [0,1], EXIF orientation applied.
-
-    Handles RGB, RGBA, 8- and 16-bit gray, LA, palette (with transparency), CMYK and float images; 16-bit
-    gray keeps its full precision. Alpha is dropped (a colorizer works on what is painted, not on coverage).
-    """
-    img = exif_upright(img)
-    if img.mode in _WIDE_MODES:
-        return np.repeat(_wide_gray(img)[..., None], 3, axis=2)
-    return np.asarray(pil_to_rgb8(img), dtype=np.float32) / 255.0
-
-
 def pil_to_rgb8(img: Image.Image) -> Image.Image:
     "Any PIL image -> an 8-bit RGB PIL image (16-bit gray rounded to 8 bits). Apply EXIF orientation first."
     if img.mode in _WIDE_MODES:

@@ -106,7 +106,7 @@ def _bisect_chroma(l: torch.Tensor, a: torch.Tensor, b: torch.Tensor, steps: int
     for _ in range(steps):
         mid = (lo + hi) / 2
         lin = m[:, :1] * (xn * _f_inv(fy + mid * a / 500)) + y_part + m[:, 2:] * (zn * _f_inv(fy - mid * b / 200))
-        inside = (lin - 0.5).abs().amax(0) <= 0.5 + _GAMUT_TOL
+        inside = ~_outside(lin[None])[0, 0]  # (3,K) as a batch of one: the same test as for whole images
         lo, hi = torch.where(inside, mid, lo), torch.where(inside, hi, mid)
     return lo
 

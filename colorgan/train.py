@@ -67,6 +67,13 @@ GAN_SCHEMA = {
 }
 
 
+def write_recipe(run: Path, recipe: dict) -> None:
+    "The run's resolved recipe, as it now stands, into recipe.resolved.toml (rank 0, atomically)."
+    if is_main_process():
+        with atomic_path(run / RECIPE_NAME) as tmp:
+            tmp.write_text(dumps_toml(recipe))
+
+
 def _budget_or_epochs(recipe: dict, minutes: float | None) -> dict:
     """A new run's length: `fit.n_epoch`, or `fit.minutes`, never both (a recipe's `data.epoch_batches` still sets
     how often it validates; without it the budget sizes the epochs too). `minutes` from the command line or the
@@ -108,8 +115,7 @@ def prepare_run(out, recipe, overrides, schema: dict, resume: bool, overwrite: b
     if is_main_process():
         run.mkdir(parents=True, exist_ok=True)
         clear_stale_temporaries(run)
-        with atomic_path(run / RECIPE_NAME) as tmp:
-            tmp.write_text(dumps_toml(resolved))
+        write_recipe(run, resolved)
     return resolved
 
 
@@ -193,9 +199,8 @@ def _budget(learn: Learner, run: Path, recipe: dict, resume: bool, started: floa
         return [BudgetClock(Plan(**json.loads((run / BUDGET).read_text())))]
     plan = fit_to_budget(learn, minutes, started)
     recipe["fit"]["n_epoch"], recipe["data"]["epoch_batches"] = plan.n_epoch, plan.epoch_batches
+    write_recipe(run, recipe)
     if is_main_process():
-        with atomic_path(run / RECIPE_NAME) as tmp:
-            tmp.write_text(dumps_toml(recipe))
         with atomic_path(run / BUDGET) as tmp:
             tmp.write_text(json.dumps(asdict(plan)))
     return [BudgetClock(plan)]
@@ -218,9 +223,7 @@ def _record_policy(learn: Learner, run: Path, recipe: dict) -> None:
     policy = learn.policy.as_dict()
     recipe["data"]["device"] = policy.pop("device")
     recipe["learner"].update(policy)
-    if is_main_process():
-        with atomic_path(run / RECIPE_NAME) as tmp:
-            tmp.write_text(dumps_toml(recipe))
+    write_recipe(run, recipe)
 
 
 def _finish(learn: Learner, run: Path, meta: dict, critic=None, critic_build: dict | None = None) -> Learner:

@@ -17,12 +17,12 @@ from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
 from fastai.data.transforms import ItemTransform
 from fastai.torch_core import TensorImage
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .color import gray_rgb, lab_to_model, model_to_rgb, rgb_to_lab
 from .device import resolve_device
 from .metrics import colorfulness
-from .photos import PhotoSet, decode_photo, exif_upright, find_photos, load_photos, pil_to_rgb8, report
+from .photos import PhotoSet, decode_photo, find_photos, fit_photo, load_photos, report
 from .show import show_columns
 from .utils import ColorganError, log
 
@@ -181,8 +181,7 @@ def _decode_item(item, size: int) -> np.ndarray:
         if arr is None:
             raise ColorganError(f"{item} is not an image colorgan can read")
         return arr
-    rgb = pil_to_rgb8(exif_upright(item))
-    return np.asarray(ImageOps.fit(rgb, (size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
+    return fit_photo(item, size)
 
 
 def split_indices(n: int, valid_pct: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -87,17 +87,21 @@ def find_photos(folder: str | os.PathLike) -> list[Path]:
     return files
 
 
+def fit_photo(img: Image.Image, size: int) -> np.ndarray:
+    "A PIL image -> uint8 (size,size,3): upright (EXIF), 8-bit RGB, centre crop scaled to `size` (up or down)."
+    return np.asarray(ImageOps.fit(pil_to_rgb8(exif_upright(img)), (size, size), Image.Resampling.BICUBIC),
+                      dtype=np.uint8)
+
+
 def decode_photo(path: str | os.PathLike, size: int) -> tuple[str, np.ndarray | None]:
     """One photo -> (status, uint8 (size,size,3) centre crop). Status is 'ok', 'gray' (no colour to learn) or
     'unreadable' (corrupt, truncated, not an image); EXIF orientation is applied; small photos are upscaled."""
     try:
         with Image.open(path) as img:
             img.draft("RGB", (size, size))  # JPEG: decode at the smallest scale that still covers `size`
-            img = exif_upright(img)
-            rgb = ImageOps.fit(pil_to_rgb8(img), (size, size), Image.Resampling.BICUBIC)
+            arr = fit_photo(img, size)
     except Exception:  # noqa: BLE001  whatever one photo raises (a malformed EXIF block: struct.error) is its own
         return UNREADABLE, None
-    arr = np.asarray(rgb, dtype=np.uint8)
     return (GRAY if is_grayscale(arr) else OK), arr
 
 

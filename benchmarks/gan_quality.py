@@ -3,9 +3,12 @@ stage one and stage two on a held-out folder with `colorgan evaluate` and print 
 
     python benchmarks/gan_quality.py ../shared/data --out runs/gan-quality            # both stages, default recipes
     python benchmarks/gan_quality.py ../shared/data --generator runs/s1 --set gan.lambda_l1=50 --out runs/x
+    python benchmarks/gan_quality.py ../shared/data --minutes 20 --out runs/q20       # both stages in 20 minutes
     python benchmarks/gan_quality.py ../shared/data --threads 1 ...                   # one core per system
 
-The budget is stated by the recipes and printed as measured wall and core minutes (wall x threads) per stage.
+The budget is `--minutes` (wall clock, both stages together: each stage's `--minutes`, stage one taking
+`--stage-one-share` of it), or else the recipes' epochs; measured wall and core minutes (wall x threads) per stage
+are printed and kept in OUT/gan_quality.json.
 It also writes OUT/grid.png: gray | stage one | stage two | real for eight holdout photos.
 PHOTOS is split as `colorgan pretrain` splits it (its train/ and valid/ subfolders when it has them); the table
 scores the photos of --holdout (default PHOTOS/valid), which must not be among the training photos.
@@ -27,6 +30,15 @@ def _timed(fn, *args, **kwargs) -> float:
     start = time.perf_counter()
     fn(*args, **kwargs)
     return (time.perf_counter() - start) / 60
+
+
+def _split(total: float | None, share: float, stage_two_only: bool) -> tuple[float | None, float | None]:
+    "Each stage's minutes of a budget for both (all of it to stage two when stage one is given)."
+    if total is None:
+        return (None, None)
+    if not 0 < share < 1:
+        raise SystemExit(f"--stage-one-share must be between 0 and 1, not {share}")
+    return (None, total) if stage_two_only else (total * share, total * (1 - share))
 
 
 def render_shift(model, holdout: str, size: int = 256) -> dict:
@@ -83,23 +95,28 @@ def main(argv=None) -> int:
     p.add_argument("--set1", action="append", default=[], metavar="KEY=VALUE", help="stage-one override")
     p.add_argument("--set", dest="set2", action="append", default=[], metavar="KEY=VALUE", help="stage-two override")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice, all cores)")
+    p.add_argument("--minutes", type=float, help="wall-clock budget of both stages together (default: the recipes' "
+                   "epochs)")
+    p.add_argument("--stage-one-share", type=float, default=0.5, help="stage one's share of --minutes (default 0.5)")
     args = p.parse_args(argv)
 
     import torch
 
     from colorgan.evaluate import evaluate
     from colorgan.train import gan_finetune, pretrain
+    from colorgan.utils import enable_logging
+    enable_logging()  # the runs' progress lines: plans, and why each checkpoint was kept
     if args.threads:
         torch.set_num_threads(args.threads)
     threads, out = torch.get_num_threads(), Path(args.out)
     holdout = args.holdout or str(Path(args.photos) / "valid")
-    minutes = {}
+    minutes, budget = {}, _split(args.minutes, args.stage_one_share, bool(args.generator))
     stage_one = args.generator or out / "stage1"
     if not args.generator:
         minutes["stage one"] = _timed(pretrain, args.photos, stage_one, recipe=args.recipe, overrides=args.set1,
-                                      overwrite=True)
+                                      overwrite=True, minutes=budget[0])
     minutes["stage two"] = _timed(gan_finetune, args.photos, stage_one, out / "stage2", recipe=args.gan_recipe,
-                                  overrides=args.set2, overwrite=True)
+                                  overrides=args.set2, overwrite=True, minutes=budget[1])
     one = evaluate(stage_one, holdout, out / "eval-stage1", baseline="gray")["results"]
     two = evaluate(out / "stage2", holdout, out / "eval-stage2")["results"]
     systems = {"gray": one["gray"], "stage one": one["model"], "stage two": two["model"]}
@@ -112,9 +129,9 @@ def main(argv=None) -> int:
     shift = render_shift(out / "stage2", holdout)
     print(f"\nstage two at render size {shift['render'][0]} and {shift['render'][1]}: mean chroma "
           f"{shift['chroma'][0]:.2f} and {shift['chroma'][1]:.2f}, mean |difference| {shift['mean_abs_diff']:.2f}")
-    (out / "gan_quality.json").write_text(json.dumps({"minutes": minutes, "threads": threads, "args": vars(args),
-                                                      "results": systems, "render_shift": shift}, indent=2,
-                                                     default=str))
+    (out / "gan_quality.json").write_text(json.dumps({"minutes": minutes, "budget": budget, "threads": threads,
+                                                      "args": vars(args), "results": systems,
+                                                      "render_shift": shift}, indent=2, default=str))
     return 0
 
 

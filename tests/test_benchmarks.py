@@ -15,3 +15,57 @@ def test_train_throughput_runs_tiny_and_prints_its_table():
     assert r.returncode == 0, r.stderr[-2000:]
     lines = [l for l in r.stdout.splitlines() if l.startswith("| stage ")]
     assert len(lines) == 7 and "seed, 2 workers, fp32" in r.stdout and "MFU" in r.stdout
+
+
+def _time_to_quality():
+    "benchmarks/time_to_quality.py as a module (benchmarks/ is not a package)."
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("time_to_quality", BENCH / "time_to_quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fake_run(folder, budget, stage_two_psnr):
+    import json
+    folder.mkdir()
+    system = {"psnr": 23.0, "ssim": 0.95, "ciede2000": 11.0, "colorfulness": 15.0, "delta_cf": 17.0,
+              "false_color": 0.001, "lightness_drift": 0.1}
+    results = {"gray": dict(system, psnr=22.7), "stage one": system, "stage two": dict(system, psnr=stage_two_psnr)}
+    (folder / "gan_quality.json").write_text(json.dumps({
+        "budget": budget, "minutes": {"stage one": 4.5, "stage two": 4.5},
+        "results": results}))
+    return str(folder)
+
+
+def test_time_to_quality_orders_runs_by_budget_and_plots_each_system(tmp_path):
+    import numpy as np
+    from PIL import Image
+    ttq = _time_to_quality()
+    runs = [_fake_run(tmp_path / "long", [45, 45], 24.0), _fake_run(tmp_path / "short", [5, 5], 23.2)]
+    rows = ttq.gather(runs)
+    assert [r["budget"] for r in rows] == [10, 90]
+    lines = ttq.table(rows).splitlines()
+    assert len(lines) == 2 + 6 and lines[2].startswith("| 10 | gray |") and lines[-1].startswith("| 90 | stage two | 4.5 |")
+    ttq.plot(rows, tmp_path / "plot.png")
+    pixels = np.asarray(Image.open(tmp_path / "plot.png").convert("RGB")).reshape(-1, 3)
+    for colour in ttq.SYSTEMS.values():  # each system's line is drawn
+        assert (pixels == colour).all(1).sum() > 50
+    with pytest.raises(SystemExit, match="was not run with --minutes"):
+        ttq.gather([_fake_run(tmp_path / "epochs", [None, None], 23.0)])
+
+
+def test_contact_sheet_colorizes_every_photo_of_a_folder(photo_dir, tmp_path):
+    import numpy as np
+    from PIL import Image
+    from colorgan.artifacts import generator_meta, save_generator
+    from colorgan.models import build_generator
+    net = build_generator(pretrained=False, width=0.25, img_size=32)
+    save_generator(net, tmp_path / "generator.pth", generator_meta({"arch": "resnet18", "width": 0.25}, 32,
+                                                                  "pretrain", {}))
+    n = _time_to_quality().contact_sheet(str(photo_dir), str(tmp_path / "generator.pth"), tmp_path / "sheet.png",
+                                         cell=40, columns=5)
+    sheet = np.asarray(Image.open(tmp_path / "sheet.png").convert("RGB"))
+    assert n == 12 and sheet.shape == (3 * 42 - 2, 5 * 42 - 2, 3)
+    cells = [sheet[r * 42:r * 42 + 40, c * 42:c * 42 + 40] for r in range(3) for c in range(5)]
+    assert [bool((cell < 240).mean() > 0.2) for cell in cells] == [True] * 12 + [False] * 3  # 12 photos, 3 empty

@@ -65,7 +65,7 @@ def test_minutes_size_the_run_from_the_measured_step_time(photo_dir, tmp_path, f
 
 
 def test_minutes_keep_the_recipes_epoch_length_and_size_the_epochs(photo_dir, tmp_path, fake_clock):
-    """As `--minutes` with recipes/cpu-gan.toml (n_epoch 12, epoch_batches 33): n_epoch is replaced, the epoch
+    """As `--minutes` with recipes/cpu-gan.toml (n_epoch 12, epoch_batches 22): n_epoch is replaced, the epoch
     length (how often stage two validates and picks its best) is kept: 3 batches an epoch here."""
     recipe = tiny_recipe(model=TINY_MODEL, data={"epoch_batches": 3}, fit={"n_epoch": 12})
     pretrain(photo_dir, tmp_path / "run", recipe=recipe, minutes=0.3)

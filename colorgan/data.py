@@ -229,7 +229,12 @@ def _colourful_enough(photos: CachedPhotos, min_colorfulness: float) -> CachedPh
     "Leave out dull photos (sepia, near-gray, washed out), as DDColor does: they teach the generator to be dull."
     if min_colorfulness <= 0:
         return photos
-    keep = photo_colorfulness(photos) >= min_colorfulness
+    scores = photo_colorfulness(photos)
+    keep = scores >= min_colorfulness
+    if keep.sum() < 2:
+        raise ColorganError(f"data.min_colorfulness = {min_colorfulness:g} leaves {int(keep.sum())} of {len(photos)} "
+                            f"training photos (the most colourful scores {scores.max(initial=0):.1f}): lower it, or "
+                            "set it to 0 to train on all")
     log.info(f"left out {int((~keep).sum())} of {len(photos)} training photos with colourfulness below "
              f"{min_colorfulness:g} (data.min_colorfulness)")
     return CachedPhotos(photos.pixels, photos.index[keep])

@@ -140,6 +140,8 @@ def test_dull_photos_are_left_out(photo_dir):
                       min_colorfulness=threshold)
     assert len(fewer.train.dataset) == int((cf >= threshold).sum()) < len(cf)
     assert photo_colorfulness(fewer.train.dataset).min() >= threshold
+    with pytest.raises(ColorganError, match=r"data.min_colorfulness = 1000 leaves 0 of 9 training photos"):
+        photo_dls(photo_dir, size=32, bs=2, valid_pct=0.25, augment=False, decode_workers=1, min_colorfulness=1000)
 
 
 @pytest.mark.parametrize("stage", ["pretrain", "gan"])

@@ -60,6 +60,20 @@ def rgb_image(seed=0, size=(40, 56)):
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8))
 
 
+@pytest.fixture(scope="module")
+def artefact(tmp_path_factory):
+    "A tiny untrained generator (quarter width, 32 px) saved as an artefact, seeded so its colours are not all gray."
+    import torch
+
+    from colorgan.artifacts import generator_meta, save_generator
+    from colorgan.models import build_generator
+    torch.manual_seed(0)
+    net = build_generator(pretrained=False, width=0.25, img_size=32)
+    path = tmp_path_factory.mktemp("model") / "generator.pth"
+    save_generator(net, path, generator_meta({"arch": "resnet18", "width": 0.25}, 32, "pretrain", {}))
+    return path
+
+
 @pytest.fixture
 def astronaut():
     return Image.fromarray(skimage.data.astronaut()).resize((80, 64))

@@ -55,16 +55,10 @@ def test_time_to_quality_orders_runs_by_budget_and_plots_each_system(tmp_path):
         ttq.gather([_fake_run(tmp_path / "epochs", [None, None], 23.0)])
 
 
-def test_contact_sheet_colorizes_every_photo_of_a_folder(photo_dir, tmp_path):
+def test_contact_sheet_colorizes_every_photo_of_a_folder(photo_dir, artefact, tmp_path):
     import numpy as np
     from PIL import Image
-    from colorgan.artifacts import generator_meta, save_generator
-    from colorgan.models import build_generator
-    net = build_generator(pretrained=False, width=0.25, img_size=32)
-    save_generator(net, tmp_path / "generator.pth", generator_meta({"arch": "resnet18", "width": 0.25}, 32,
-                                                                  "pretrain", {}))
-    n = _time_to_quality().contact_sheet(str(photo_dir), str(tmp_path / "generator.pth"), tmp_path / "sheet.png",
-                                         cell=40, columns=5)
+    n = _time_to_quality().contact_sheet(str(photo_dir), str(artefact), tmp_path / "sheet.png", cell=40, columns=5)
     sheet = np.asarray(Image.open(tmp_path / "sheet.png").convert("RGB"))
     assert n == 12 and sheet.shape == (3 * 42 - 2, 5 * 42 - 2, 3)
     cells = [sheet[r * 42:r * 42 + 40, c * 42:c * 42 + 40] for r in range(3) for c in range(5)]

@@ -9,23 +9,11 @@ from PIL import Image
 from skimage.color import deltaE_ciede2000, rgb2lab
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from colorgan.artifacts import generator_meta, save_generator
 from colorgan.cli import main
 from colorgan.photos import pil_to_l
 from colorgan.inference import Colorizer, render_shape, resolve_engine
 from colorgan.metrics import ciede2000, colorfulness, psnr, ssim
-from colorgan.models import build_generator
 from colorgan.utils import ColorganError
-
-
-@pytest.fixture(scope="module")
-def artefact(tmp_path_factory):
-    "A tiny untrained generator saved as an artefact, with a nudge so its colours are not all gray."
-    torch.manual_seed(0)
-    net = build_generator(pretrained=False, width=0.25, img_size=32)
-    path = tmp_path_factory.mktemp("model") / "generator.pth"
-    save_generator(net, path, generator_meta({"arch": "resnet18", "width": 0.25}, 32, "pretrain", {}))
-    return path
 
 
 @pytest.fixture(scope="module")

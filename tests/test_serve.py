@@ -9,25 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 fastapi = pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from colorgan.artifacts import generator_meta, save_generator  # noqa: E402
-from colorgan.models import build_generator  # noqa: E402
 from colorgan.serve import create_app  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def artefact(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "generator.pth"
-    net = build_generator(pretrained=False, width=0.25, img_size=32)
-    save_generator(net, path, generator_meta({"arch": "resnet18", "width": 0.25}, 32, "x", {}))
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -88,7 +88,7 @@ def contact_sheet(folder: str, generator: str, path: Path, cell: int = 128, colu
     """Every photo of `folder` colorized by `generator` (as `colorgan colorize` would, at its render size), each fit
     into a `cell` x `cell` box, `columns` a row, as one PNG. Returns the number of photos."""
     from colorgan.inference import Colorizer
-    from colorgan.photos import exif_upright, find_photos
+    from colorgan.photos import find_photos
     colorizer, files = Colorizer.from_artifact(generator), find_photos(folder)
     if not files:
         raise SystemExit(f"no photos in {folder}")
@@ -96,7 +96,7 @@ def contact_sheet(folder: str, generator: str, path: Path, cell: int = 128, colu
     sheet = Image.new("RGB", (columns * (cell + 2) - 2, rows * (cell + 2) - 2), "white")
     for i, file in enumerate(files):
         with Image.open(file) as img:
-            out = colorizer(exif_upright(img))
+            out = colorizer(img)  # upright by its EXIF orientation, as colorize does
         out.thumbnail((cell, cell), Image.Resampling.LANCZOS)
         r, c = divmod(i, columns)
         sheet.paste(out, (c * (cell + 2) + (cell - out.width) // 2, r * (cell + 2) + (cell - out.height) // 2))

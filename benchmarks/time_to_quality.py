@@ -19,7 +19,8 @@ from PIL import Image, ImageDraw
 
 SYSTEMS = {"gray": (150, 150, 150), "stage one": (40, 90, 200), "stage two": (210, 60, 40)}
 PANELS = (("psnr", "PSNR (dB), higher is better"), ("delta_cf", "delta-colourfulness, lower is better"))
-COLUMNS = ("psnr", "ssim", "ciede2000", "colorfulness", "delta_cf", "false_color", "lightness_drift")
+COLUMNS = ("psnr", "ssim", "ciede2000", "colorfulness", "delta_cf", "false_color", "wrong_hue",
+           "lightness_drift")
 
 
 def gather(runs: list[str]) -> list[dict]:
@@ -34,14 +35,20 @@ def gather(runs: list[str]) -> list[dict]:
     return sorted(rows, key=lambda r: r["budget"])
 
 
+def _cell(key: str, value: float | None) -> str:
+    "A table cell; '-' for a measure the run predates (wrong_hue came after the first runs)."
+    if value is None:
+        return "-"
+    return f"{value:.2%}" if key in ("false_color", "wrong_hue") else f"{value:.3f}" if key == "ssim" else f"{value:.2f}"
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| budget (min) | system | wall (min) | " + " | ".join(COLUMNS) + " |",
              "|---:|---|---:|" + "---:|" * len(COLUMNS)]
     for row in rows:
         for system, r in row["results"].items():
             wall = row["wall"].get(system)
-            cells = [f"{r[k]:.2%}" if k == "false_color" else f"{r[k]:.3f}" if k == "ssim" else f"{r[k]:.2f}"
-                     for k in COLUMNS]
+            cells = [_cell(k, r.get(k)) for k in COLUMNS]
             lines.append(f"| {row['budget']:g} | {system} | {'' if wall is None else f'{wall:.1f}'} | "
                          + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -16,7 +16,8 @@ import torch
 
 from .color import gray_rgb, norm_l, rgb_to_lab
 from .inference import Colorizer
-from .metrics import FALSE_COLOR_CHROMA, ciede2000, colorfulness, false_color, lightness_drift, psnr, ssim
+from .metrics import (FALSE_COLOR_CHROMA, WRONG_HUE, ciede2000, colorfulness, false_color, lightness_drift, psnr, ssim,
+                      wrong_hue)
 from .photos import find_photos, load_photos, report
 from .show import grid_image
 from .utils import ColorganError, atomic_path, check_out, log
@@ -28,8 +29,10 @@ PROTOCOL = ("short side resized to {size} px and centre-cropped to {size}x{size}
             "Gaussian window sigma 1.5 as Wang et al.), mean CIEDE2000 over pixels, colourfulness M3 of Hasler and "
             "Suesstrunk (absolute opponent channels, 0-255 scale); delta_cf = |mean colourfulness of originals - "
             "mean colourfulness of predictions|; false_color = share of pixels whose CIELAB chroma exceeds the "
-            "original's by more than {excess:g}; lightness_drift = mean |L(prediction) - L(original)| in CIELAB units")
-METRICS = ("psnr", "ssim", "ciede2000", "colorfulness", "false_color", "lightness_drift")
+            "original's by more than {excess:g}; wrong_hue = share of pixels whose chroma exceeds {chroma:g} and whose "
+            "hue is more than {degrees:g} degrees from the original's where the original's chroma exceeds "
+            "{real_chroma:g}; lightness_drift = mean |L(prediction) - L(original)| in CIELAB units")
+METRICS = ("psnr", "ssim", "ciede2000", "colorfulness", "false_color", "wrong_hue", "lightness_drift")
 
 
 def score(pred: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -38,7 +41,8 @@ def score(pred: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"psnr": psnr(pred, real).clamp(max=100), "ssim": ssim(pred, real),
             "ciede2000": ciede2000(pred_lab, real_lab).flatten(1).mean(1),
             "colorfulness": colorfulness(pred), "false_color": false_color(pred_lab, real_lab),
-            "lightness_drift": lightness_drift(pred_lab, real_lab), "colorfulness_real": colorfulness(real)}
+            "wrong_hue": wrong_hue(pred_lab, real_lab), "lightness_drift": lightness_drift(pred_lab, real_lab),
+            "colorfulness_real": colorfulness(real)}
 
 
 def _colorize_batch(colorizer: Colorizer | None, real: torch.Tensor) -> torch.Tensor:
@@ -95,7 +99,7 @@ def evaluate(model: str | os.PathLike | None, data: str | os.PathLike, out: str 
                                *[preds[n] for n in models], real], titles=["gray", *models, "real"],
                               caption=f"{Path(model).name if model is not None else 'gray floor'}, {len(idx)} photos")
     render = colorizer.render_size if colorizer else "-"
-    protocol = PROTOCOL.format(size=size, render=render, excess=FALSE_COLOR_CHROMA)
+    protocol = PROTOCOL.format(size=size, render=render, excess=FALSE_COLOR_CHROMA, **WRONG_HUE)
     result = {"protocol": protocol, "data": str(data), "n_images": len(idx),
               "model": str(model) if model is not None else None,
               "results": {name: _summary(r) for name, r in rows.items()}}

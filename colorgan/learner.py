@@ -16,7 +16,7 @@ from fastcore.foundation import L
 
 from .callbacks import probing
 from .device import DevicePolicy, resolve_policy
-from .metrics import colorfulness_metric, false_color_metric, psnr_metric
+from .metrics import colorfulness_metric, false_color_metric, psnr_metric, wrong_hue_metric
 from .models import body_head_split, build_generator
 
 __all__ = ["pretrain_learner", "fit_pretrain", "AdamW", "DeviceMixedPrecision", "UsePolicy", "compile_model", "adamw"]
@@ -107,8 +107,9 @@ def pretrain_learner(dls: DataLoaders, model: torch.nn.Module | None = None, wd:
                      compile: bool | str = False, path: str = ".", cbs=None, metrics=(),
                      **generator_kwargs) -> Learner:
     """Stage one: the generator (built from `generator_kwargs` by `build_generator` unless `model` is given) on L1
-    of ab, with PSNR of the RGB result, the colourfulness of predictions and real photos and the false-colour
-    area as metrics, and an encoder/decoder splitter so `freeze()` and discriminative learning rates work.
+    of ab, with PSNR of the RGB result, the colourfulness of predictions and real photos and the false-colour and
+    wrong-hue areas as metrics, and an encoder/decoder splitter so `freeze()` and discriminative learning rates
+    work.
     The device policy (`colorgan.device.resolve_policy` on the data's device) sets `precision` (auto: bf16 or fp16
     on GPUs, fp32 on CPU), the AdamW kernel (`fused_adam`), `channels_last` and `compile` (True or a torch.compile
     backend's name); `learn.policy` says what it decided. `metrics` come first in the table, before the four."""
@@ -118,7 +119,7 @@ def pretrain_learner(dls: DataLoaders, model: torch.nn.Module | None = None, wd:
     learn = Learner(dls, compile_model(model, compile) if compile else model, loss_func=L1LossFlat(),
                     opt_func=adamw(policy.fused_adam), wd=wd, splitter=body_head_split,
                     metrics=[*metrics, psnr_metric(), colorfulness_metric(), colorfulness_metric("real"),
-                             false_color_metric()], path=path, cbs=cbs)
+                             false_color_metric(), wrong_hue_metric()], path=path, cbs=cbs)
     return apply_policy(learn, policy)
 
 

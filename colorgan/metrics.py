@@ -10,10 +10,14 @@ from fastai.learner import Metric
 from .color import model_to_rgb, rgb_to_lab
 from .distributed import all_reduce_sum
 
-__all__ = ["psnr", "ssim", "ciede2000", "colorfulness", "false_color", "lightness_drift", "RGBMetric", "psnr_metric",
-           "colorfulness_metric", "false_color_metric", "FALSE_COLOR_CHROMA"]
+__all__ = ["psnr", "ssim", "ciede2000", "colorfulness", "false_color", "wrong_hue", "lightness_drift", "RGBMetric",
+           "psnr_metric", "colorfulness_metric", "false_color_metric", "wrong_hue_metric", "FALSE_COLOR_CHROMA",
+           "WRONG_HUE"]
 
 FALSE_COLOR_CHROMA = 20.0  # CIELAB chroma above the original's that counts as colour the photo never had
+# wrong_hue's thresholds: the prediction's chroma that counts as clear colour, the original's chroma below which its
+# hue is not counted (too dull to have one), and the hue angle in degrees that counts as a different colour
+WRONG_HUE = {"chroma": 15.0, "real_chroma": 10.0, "degrees": 60.0}
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
@@ -38,6 +42,18 @@ def false_color(pred_lab: torch.Tensor, real_lab: torch.Tensor, excess: float = 
     `excess` CIELAB units, i.e. the area painted in colour the photo never had (blotches)."""
     chroma = lambda lab: torch.hypot(lab[:, 1].float(), lab[:, 2].float())  # noqa: E731
     return (chroma(pred_lab) - chroma(real_lab) > excess).flatten(1).float().mean(1)
+
+
+def wrong_hue(pred_lab: torch.Tensor, real_lab: torch.Tensor, chroma: float = WRONG_HUE["chroma"],
+              real_chroma: float = WRONG_HUE["real_chroma"], degrees: float = WRONG_HUE["degrees"]) -> torch.Tensor:
+    """Per image of CIELAB batches (N,3,H,W): the share of pixels painted in clear colour (chroma above `chroma`)
+    whose hue is more than `degrees` away from the original's, where the original has a hue (chroma above
+    `real_chroma`): a red patch on a green leaf or a yellow stone. `false_color` misses these when the original is
+    about as saturated as the patch."""
+    a1, b1, a2, b2 = (t.float() for t in (pred_lab[:, 1], pred_lab[:, 2], real_lab[:, 1], real_lab[:, 2]))
+    c1, c2 = torch.hypot(a1, b1), torch.hypot(a2, b2)
+    cos = (a1 * a2 + b1 * b2) / (c1 * c2).clamp(min=1e-6)  # cosine of the hue angle between the two
+    return ((c1 > chroma) & (c2 > real_chroma) & (cos < math.cos(math.radians(degrees)))).flatten(1).float().mean(1)
 
 
 def lightness_drift(pred_lab: torch.Tensor, real_lab: torch.Tensor) -> torch.Tensor:
@@ -83,6 +99,11 @@ def colorfulness_metric(on: str = "pred") -> RGBMetric:
 def false_color_metric() -> RGBMetric:
     "The validation photos' false-colour area (see `false_color`), on the RGB the predictions make."
     return RGBMetric(lambda pred, real: false_color(rgb_to_lab(pred), rgb_to_lab(real)), "false_color")
+
+
+def wrong_hue_metric() -> RGBMetric:
+    "The validation photos' wrong-hue area (see `wrong_hue`), on the RGB the predictions make."
+    return RGBMetric(lambda pred, real: wrong_hue(rgb_to_lab(pred), rgb_to_lab(real)), "wrong_hue")
 
 
 def _gaussian_window(sigma: float = 1.5, truncate: float = 3.5) -> torch.Tensor:

@@ -26,11 +26,11 @@ def _time_to_quality():
     return module
 
 
-def _fake_run(folder, budget, stage_two_psnr):
+def _fake_run(folder, budget, stage_two_psnr, **more):
     import json
     folder.mkdir()
     system = {"psnr": 23.0, "ssim": 0.95, "ciede2000": 11.0, "colorfulness": 15.0, "delta_cf": 17.0,
-              "false_color": 0.001, "lightness_drift": 0.1}
+              "false_color": 0.001, "lightness_drift": 0.1, **more}
     results = {"gray": dict(system, psnr=22.7), "stage one": system, "stage two": dict(system, psnr=stage_two_psnr)}
     (folder / "gan_quality.json").write_text(json.dumps({
         "budget": budget, "minutes": {"stage one": 4.5, "stage two": 4.5},
@@ -42,11 +42,13 @@ def test_time_to_quality_orders_runs_by_budget_and_plots_each_system(tmp_path):
     import numpy as np
     from PIL import Image
     ttq = _time_to_quality()
-    runs = [_fake_run(tmp_path / "long", [45, 45], 24.0), _fake_run(tmp_path / "short", [5, 5], 23.2)]
+    runs = [_fake_run(tmp_path / "long", [45, 45], 24.0, wrong_hue=0.0125),
+            _fake_run(tmp_path / "short", [5, 5], 23.2)]  # from before wrong_hue was measured
     rows = ttq.gather(runs)
     assert [r["budget"] for r in rows] == [10, 90]
     lines = ttq.table(rows).splitlines()
     assert len(lines) == 2 + 6 and lines[2].startswith("| 10 | gray |") and lines[-1].startswith("| 90 | stage two | 4.5 |")
+    assert lines[-1].endswith("| 0.10% | 1.25% | 0.10 |") and lines[2].endswith("| 0.10% | - | 0.10 |")
     ttq.plot(rows, tmp_path / "plot.png")
     pixels = np.asarray(Image.open(tmp_path / "plot.png").convert("RGB")).reshape(-1, 3)
     for colour in ttq.SYSTEMS.values():  # each system's line is drawn

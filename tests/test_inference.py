@@ -218,6 +218,29 @@ def test_false_color_and_lightness_drift_on_known_images():
     assert lightness_drift(brighter, lab).item() == pytest.approx(3.0, abs=1e-4)
 
 
+def test_wrong_hue_on_known_images():
+    "Clear colour of another hue counts; the same hue, a dull original or a dull prediction do not."
+    from colorgan.color import rgb_to_lab
+    from colorgan.metrics import false_color, wrong_hue
+    gray = torch.full((1, 3, 4, 4), 0.5)
+    green, red = gray.clone(), gray.clone()
+    green[:, 1] = 0.8
+    red[:, 0] = 0.9
+    red_top = green.clone()
+    red_top[:, :, :1] = red[:, :, :1]  # one row of four painted red on the green original
+    lab = {name: rgb_to_lab(t) for name, t in {"gray": gray, "green": green, "red": red, "red_top": red_top}.items()}
+    assert wrong_hue(lab["red_top"], lab["green"]).item() == pytest.approx(0.25)
+    assert wrong_hue(lab["red"], lab["green"]).item() == 1.0
+    assert false_color(lab["red"], lab["green"]).item() == 0  # as saturated as the original: false_color misses it
+    assert wrong_hue(lab["green"], lab["green"]).item() == 0
+    assert wrong_hue(lab["red"], lab["gray"]).item() == 0  # the original has no hue to miss (false_color's case)
+    assert wrong_hue(lab["gray"], lab["green"]).item() == 0  # too little colour to be a wrong colour
+    faint = lab["red"].clone()
+    faint[:, 1:] *= 10 / torch.hypot(faint[:, 1], faint[:, 2]).clamp(min=1e-6)  # the red hue at chroma 10
+    assert wrong_hue(faint, lab["green"]).item() == 0
+    assert wrong_hue(faint, lab["green"], chroma=5).item() == 1.0
+
+
 def test_training_and_inference_agree_on_a_training_size_photo(artefact, photo_dir):
     "A 32 px photo: what the training loader feeds the net and what Colorizer renders give the same chroma."
     from colorgan.artifacts import load_generator

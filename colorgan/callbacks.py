@@ -44,20 +44,27 @@ class LowestLoss:
 
 class ColourRule:
     """Stage two's rule for `best`: among the generators whose validation PSNR is within `max_psnr_drop` dB of the
-    generator the stage started from (`start`, a validation record) and whose false-colour area is at most
-    `max_false_color`, the one whose colourfulness is closest to the real photos' (smallest delta-colourfulness)."""
-    def __init__(self, start: dict, max_psnr_drop: float = 0.5, max_false_color: float = 0.02):
+    generator the stage started from (`start`, a validation record), whose false-colour area is at most
+    `max_false_color` and (when `max_wrong_hue` is set) whose wrong-hue area is at most that, the one whose
+    colourfulness is closest to the real photos' (smallest delta-colourfulness)."""
+    def __init__(self, start: dict, max_psnr_drop: float = 0.5, max_false_color: float = 0.02,
+                 max_wrong_hue: float | None = None):
         self.start, self.max_psnr_drop, self.max_false_color = dict(start), max_psnr_drop, max_false_color
+        self.max_wrong_hue = max_wrong_hue
 
     def judge(self, record: dict) -> tuple[float | None, str]:
         psnr, floor, fc = record["psnr"], self.start["psnr"] - self.max_psnr_drop, record["false_color"]
+        hue = record.get("wrong_hue")  # absent from the histories of runs before it was measured
         delta_cf = abs(record["colorfulness_real"] - record["colorfulness"])
-        facts = f"delta-colourfulness {delta_cf:.2f}, PSNR {psnr:.2f} dB, false colour {fc:.2%}"
+        facts = f"delta-colourfulness {delta_cf:.2f}, PSNR {psnr:.2f} dB, false colour {fc:.2%}" \
+                + (f", wrong hue {hue:.2%}" if hue is not None else "")
         if not psnr >= floor:  # `not >=`: a NaN PSNR is never eligible
             return None, f"{facts}: PSNR below the floor {floor:.2f} dB (start {self.start['psnr']:.2f} - " \
                          f"{self.max_psnr_drop})"
         if not fc <= self.max_false_color:
             return None, f"{facts}: false colour above {self.max_false_color:.0%}"
+        if self.max_wrong_hue is not None and not (hue is not None and hue <= self.max_wrong_hue):
+            return None, f"{facts}: wrong hue above {self.max_wrong_hue:.1%}"
         return delta_cf, facts
 
 

@@ -61,7 +61,8 @@ GAN_SCHEMA = {
         "label_smoothing": number(0, 1, high_open=True)}),
     "learner": Section(gan_learner, ("dls", "generator", "critic", "path", "cbs", *inspect.signature(
         ConditionalGAN).parameters), LEARNER_LIMITS),  # ConditionalGAN's own keys belong to [gan]
-    "keep": Section(ColourRule, ("start",), {"max_psnr_drop": number(0), "max_false_color": number(0, 1)}),
+    "keep": Section(ColourRule, ("start",), {"max_psnr_drop": number(0), "max_false_color": number(0, 1),
+                                               "max_wrong_hue": number(0, 1, optional=True)}),
     "fit": Section(fit_gan, ("learn", "cbs", "reset_opt", "start_epoch", "wd"), FIT_LIMITS),
     "log": Section(tensorboard_callback),
 }

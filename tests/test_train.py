@@ -120,6 +120,20 @@ def test_the_colour_rule_keeps_the_right_generator():
     assert "false colour above 2%" in rule.judge(history[2])[1]
 
 
+def test_the_colour_rule_can_limit_wrong_hue():
+    "With `max_wrong_hue` set, a more colourful generator with more wrong hue is passed over; unset, it is kept."
+    from colorgan.callbacks import ColourRule
+    history = [dict(_record(23.9, 14.0), wrong_hue=0.01), dict(_record(23.8, 20.0), wrong_hue=0.06),
+               _record(23.8, 19.0)]  # the last from a history that predates the measure
+    for limit, kept in ((None, 1), (0.03, 0)):
+        rule = ColourRule(_record(24.0, 10.0), max_wrong_hue=limit)
+        scores = [rule.judge(r)[0] for r in history]
+        assert min((s, i) for i, s in enumerate(scores) if s is not None)[1] == kept
+    assert "wrong hue 6.00%: wrong hue above 3.0%" in rule.judge(history[1])[1]
+    assert rule.judge(history[2])[0] is None  # unmeasured is not within a limit
+    assert "wrong hue" not in ColourRule(_record(24.0, 10.0)).judge(history[2])[1]
+
+
 def test_epochs_of_a_few_batches_still_see_every_photo(photo_dir):
     "epoch_batches: short epochs that continue one shuffled queue, so each photo comes once before any twice."
     dls = photo_dls(photo_dir, size=32, bs=2, valid_pct=0.25, augment=False, decode_workers=1, epoch_batches=2)

@@ -39,7 +39,9 @@ def _cell(key: str, value: float | None) -> str:
     "A table cell; '-' for a measure the run predates (wrong_hue came after the first runs)."
     if value is None:
         return "-"
-    return f"{value:.2%}" if key in ("false_color", "wrong_hue") else f"{value:.3f}" if key == "ssim" else f"{value:.2f}"
+    if key in ("false_color", "wrong_hue"):
+        return f"{value:.2%}"
+    return f"{value:.3f}" if key == "ssim" else f"{value:.2f}"
 
 
 def table(rows: list[dict]) -> str:

@@ -112,7 +112,7 @@ def pretrain_learner(dls: DataLoaders, model: torch.nn.Module | None = None, wd:
     work.
     The device policy (`colorgan.device.resolve_policy` on the data's device) sets `precision` (auto: bf16 or fp16
     on GPUs, fp32 on CPU), the AdamW kernel (`fused_adam`), `channels_last` and `compile` (True or a torch.compile
-    backend's name); `learn.policy` says what it decided. `metrics` come first in the table, before the four."""
+    backend's name); `learn.policy` says what it decided. `metrics` come first in the table, before the five."""
     policy = resolve_policy(dls.device, precision, fused_adam, channels_last, compile)
     if model is None:
         model = build_generator(img_size=dls.train.size, **generator_kwargs)

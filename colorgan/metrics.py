@@ -37,11 +37,15 @@ def colorfulness(rgb: torch.Tensor) -> torch.Tensor:
     return sigma + 0.3 * mu
 
 
+def _chroma(lab: torch.Tensor) -> torch.Tensor:
+    "CIELAB chroma, sqrt(a^2 + b^2), of a (N,3,H,W) batch: (N,H,W)."
+    return torch.hypot(lab[:, 1].float(), lab[:, 2].float())
+
+
 def false_color(pred_lab: torch.Tensor, real_lab: torch.Tensor, excess: float = FALSE_COLOR_CHROMA) -> torch.Tensor:
     """Per image of CIELAB batches (N,3,H,W): the share of pixels whose chroma exceeds the original's by more than
     `excess` CIELAB units, i.e. the area painted in colour the photo never had (blotches)."""
-    chroma = lambda lab: torch.hypot(lab[:, 1].float(), lab[:, 2].float())  # noqa: E731
-    return (chroma(pred_lab) - chroma(real_lab) > excess).flatten(1).float().mean(1)
+    return (_chroma(pred_lab) - _chroma(real_lab) > excess).flatten(1).float().mean(1)
 
 
 def wrong_hue(pred_lab: torch.Tensor, real_lab: torch.Tensor, chroma: float = WRONG_HUE["chroma"],
@@ -50,9 +54,9 @@ def wrong_hue(pred_lab: torch.Tensor, real_lab: torch.Tensor, chroma: float = WR
     whose hue is more than `degrees` away from the original's, where the original has a hue (chroma above
     `real_chroma`): a red patch on a green leaf or a yellow stone. `false_color` misses these when the original is
     about as saturated as the patch."""
-    a1, b1, a2, b2 = (t.float() for t in (pred_lab[:, 1], pred_lab[:, 2], real_lab[:, 1], real_lab[:, 2]))
-    c1, c2 = torch.hypot(a1, b1), torch.hypot(a2, b2)
-    cos = (a1 * a2 + b1 * b2) / (c1 * c2).clamp(min=1e-6)  # cosine of the hue angle between the two
+    c1, c2 = _chroma(pred_lab), _chroma(real_lab)
+    dot = (pred_lab[:, 1:].float() * real_lab[:, 1:].float()).sum(1)
+    cos = dot / (c1 * c2).clamp(min=1e-6)  # cosine of the hue angle between the two
     return ((c1 > chroma) & (c2 > real_chroma) & (cos < math.cos(math.radians(degrees)))).flatten(1).float().mean(1)
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROWS = ("psnr", "ssim", "ciede2000", "colorfulness", "colorfulness_real", "delta_cf", "false_color",
-        "wrong_hue", "lightness_drift")
+        "wrong_hue", "lightness_drift", "tint_gain")
 
 
 def _timed(fn, *args, **kwargs) -> float:

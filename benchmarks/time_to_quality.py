@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 SYSTEMS = {"gray": (150, 150, 150), "stage one": (40, 90, 200), "stage two": (210, 60, 40)}
 PANELS = (("psnr", "PSNR (dB), higher is better"), ("delta_cf", "delta-colourfulness, lower is better"))
 COLUMNS = ("psnr", "ssim", "ciede2000", "colorfulness", "delta_cf", "false_color", "wrong_hue",
-           "lightness_drift")
+           "lightness_drift", "tint_gain")
 
 
 def gather(runs: list[str]) -> list[dict]:
@@ -36,10 +36,10 @@ def gather(runs: list[str]) -> list[dict]:
 
 
 def _cell(key: str, value: float | None) -> str:
-    "A table cell; '-' for a measure the run predates (wrong_hue came after the first runs)."
+    "A table cell; '-' for a measure the run predates (wrong_hue and tint_gain came after the first runs)."
     if value is None:
         return "-"
-    if key in ("false_color", "wrong_hue"):
+    if key in ("false_color", "wrong_hue", "tint_gain"):
         return f"{value:.2%}"
     return f"{value:.3f}" if key == "ssim" else f"{value:.2f}"
 

@@ -6,12 +6,14 @@ This is the only module that knows the numbers 50 and 110: data, metrics, infere
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
 __all__ = ["rgb_to_lab", "lab_to_rgb", "lab_to_linear", "fit_gamut", "gamut_scale", "srgb_to_linear",
            "linear_to_srgb", "norm_l", "denorm_l", "norm_ab", "denorm_ab", "lab_to_model", "model_to_rgb",
-           "gray_rgb", "lightness_of_gray8", "lightness_of_rgb8", "SCALINGS"]
+           "gray_rgb", "lightness_of_gray8", "lightness_of_rgb8", "sampled_ab", "SCALINGS"]
 
 # sRGB -> XYZ (D65) and the D65 reference white, as in skimage.color.colorconv
 _XYZ_FROM_RGB = torch.tensor([[0.412453, 0.357580, 0.180423],
@@ -153,6 +155,16 @@ def model_to_rgb(l: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
     "The model's scaled (L, ab) -> sRGB in [0,1]; computed in float32 whatever the inputs' precision."
     lab = torch.cat([denorm_l(l.float()), denorm_ab(ab.float())], 1)
     return lab_to_rgb(lab)
+
+
+def sampled_ab(photos, max_pixels: int = 2_000_000, chunk: int = 256):
+    """The model's scaled ab of uint8 photos (N,S,S,3) (an array or a training cache), chunk by chunk of photos:
+    every photo, every k-th pixel of each along both axes, so that about `max_pixels` are read in all."""
+    n, size = len(photos), photos.shape[1]
+    step = max(1, math.ceil(math.sqrt(n * size * size / max_pixels)))
+    for i in range(0, n, chunk):
+        rgb = torch.from_numpy(np.ascontiguousarray(photos[np.arange(i, min(i + chunk, n))]))[:, ::step, ::step]
+        yield lab_to_model(rgb_to_lab(rgb.permute(0, 3, 1, 2).float().div_(255)))[1]
 
 
 def gray_rgb(l: torch.Tensor) -> torch.Tensor:

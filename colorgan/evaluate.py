@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .color import gray_rgb, norm_l, rgb_to_lab
+from .color import gray_rgb, norm_ab, norm_l, rgb_to_lab
+from .data import CachedPhotos
 from .inference import Colorizer
 from .metrics import (FALSE_COLOR_CHROMA, WRONG_HUE, ciede2000, colorfulness, false_color, lightness_drift, psnr, ssim,
-                      wrong_hue)
+                      tint_floor, wrong_hue)
 from .photos import find_photos, load_photos, report
 from .show import grid_image
 from .utils import ColorganError, atomic_path, check_out, log
@@ -31,14 +32,19 @@ PROTOCOL = ("short side resized to {size} px and centre-cropped to {size}x{size}
             "mean colourfulness of predictions|; false_color = share of pixels whose CIELAB chroma exceeds the "
             "original's by more than {excess:g}; wrong_hue = share of pixels whose chroma exceeds {chroma:g} and whose "
             "hue is more than {degrees:g} degrees from the original's where the original's chroma exceeds "
-            "{real_chroma:g}; lightness_drift = mean |L(prediction) - L(original)| in CIELAB units")
-METRICS = ("psnr", "ssim", "ciede2000", "colorfulness", "false_color", "wrong_hue", "lightness_drift")
+            "{real_chroma:g}; lightness_drift = mean |L(prediction) - L(original)| in CIELAB units; tint_gain = 1 - "
+            "(mean |ab(prediction) - ab(original)|) / (the same for the best single tint of all these originals, "
+            "their median a and b: {floor:.4f} in ab/110 units)")
+METRICS = ("psnr", "ssim", "ciede2000", "colorfulness", "false_color", "wrong_hue", "lightness_drift", "tint_gain")
 
 
-def score(pred: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
-    "Per-image metrics of RGB batches (N,3,H,W) in [0,1]."
+def score(pred: torch.Tensor, real: torch.Tensor, floor: float | None = None) -> dict[str, torch.Tensor]:
+    """Per-image metrics of RGB batches (N,3,H,W) in [0,1]; `tint_gain` only with `floor`, the `tint_floor` of
+    the photos being scored."""
     pred_lab, real_lab = rgb_to_lab(pred), rgb_to_lab(real)
-    return {"psnr": psnr(pred, real).clamp(max=100), "ssim": ssim(pred, real),
+    tint = {} if floor is None else {
+        "tint_gain": 1 - norm_ab(pred_lab[:, 1:] - real_lab[:, 1:]).abs().flatten(1).mean(1) / floor}
+    return tint | {"psnr": psnr(pred, real).clamp(max=100), "ssim": ssim(pred, real),
             "ciede2000": ciede2000(pred_lab, real_lab).flatten(1).mean(1),
             "colorfulness": colorfulness(pred), "false_color": false_color(pred_lab, real_lab),
             "wrong_hue": wrong_hue(pred_lab, real_lab), "lightness_drift": lightness_drift(pred_lab, real_lab),
@@ -82,6 +88,7 @@ def evaluate(model: str | os.PathLike | None, data: str | os.PathLike, out: str 
     idx = photos.usable()
     if len(idx) == 0:
         raise ColorganError(f"no colour photos to evaluate in {data}")
+    floor = tint_floor(CachedPhotos(photos.pixels, idx))
     systems = ({"model": colorizer} if colorizer else {}) | ({"gray": None} if baseline == "gray" else {})
     rows = {name: [] for name in systems}
     grid = None
@@ -90,7 +97,7 @@ def evaluate(model: str | os.PathLike | None, data: str | os.PathLike, out: str 
         real = torch.from_numpy(np.ascontiguousarray(photos.pixels[batch])).permute(0, 3, 1, 2).float() / 255
         preds = {name: _colorize_batch(c, real) for name, c in systems.items()}
         for name, pred in preds.items():
-            per = score(pred, real)
+            per = score(pred, real, floor)
             rows[name] += [{"file": str(photos.files[i].name), **{k: float(v[j]) for k, v in per.items()}}
                            for j, i in enumerate(batch)]
         if grid is None:
@@ -99,7 +106,7 @@ def evaluate(model: str | os.PathLike | None, data: str | os.PathLike, out: str 
                                *[preds[n] for n in models], real], titles=["gray", *models, "real"],
                               caption=f"{Path(model).name if model is not None else 'gray floor'}, {len(idx)} photos")
     render = colorizer.render_size if colorizer else "-"
-    protocol = PROTOCOL.format(size=size, render=render, excess=FALSE_COLOR_CHROMA, **WRONG_HUE)
+    protocol = PROTOCOL.format(size=size, render=render, excess=FALSE_COLOR_CHROMA, floor=floor, **WRONG_HUE)
     result = {"protocol": protocol, "data": str(data), "n_images": len(idx),
               "model": str(model) if model is not None else None,
               "results": {name: _summary(r) for name, r in rows.items()}}

@@ -16,7 +16,8 @@ from fastcore.foundation import L
 
 from .callbacks import probing
 from .device import DevicePolicy, resolve_policy
-from .metrics import colorfulness_metric, false_color_metric, psnr_metric, wrong_hue_metric
+from .losses import RebalancedL1, colour_prior
+from .metrics import TintGain, colorfulness_metric, false_color_metric, psnr_metric, wrong_hue_metric
 from .models import body_head_split, build_generator
 
 __all__ = ["pretrain_learner", "fit_pretrain", "AdamW", "DeviceMixedPrecision", "UsePolicy", "compile_model", "adamw"]
@@ -102,24 +103,34 @@ def apply_policy(learn: Learner, policy: DevicePolicy) -> Learner:
     return learn
 
 
+def colour_loss(dls: DataLoaders, rebalance: float = 0.0) -> torch.nn.Module:
+    """Both stages' loss on ab: plain L1, or with `rebalance` above 0 L1 weighted by how rare each real colour is
+    among `dls`' training photos (`colorgan.losses.RebalancedL1`; Zhang et al. use 0.5)."""
+    if not rebalance:
+        return L1LossFlat()
+    return RebalancedL1(colour_prior(dls.train.dataset), rebalance)
+
+
 def pretrain_learner(dls: DataLoaders, model: torch.nn.Module | None = None, wd: float = 1e-4,
                      precision: str = "auto", fused_adam: bool | str = "auto", channels_last: bool | str = "auto",
-                     compile: bool | str = False, path: str = ".", cbs=None, metrics=(),
+                     compile: bool | str = False, rebalance: float = 0.0, path: str = ".", cbs=None, metrics=(),
                      **generator_kwargs) -> Learner:
     """Stage one: the generator (built from `generator_kwargs` by `build_generator` unless `model` is given) on L1
-    of ab, with PSNR of the RGB result, the colourfulness of predictions and real photos and the false-colour and
-    wrong-hue areas as metrics, and an encoder/decoder splitter so `freeze()` and discriminative learning rates
-    work.
+    of ab (weighted towards rare colours by `rebalance`: `colour_loss`), with PSNR of the RGB result, the
+    colourfulness of predictions and real photos, the false-colour and wrong-hue areas and how much better than
+    one tint it colours (`TintGain`) as metrics, and an encoder/decoder splitter so `freeze()` and discriminative
+    learning rates work.
     The device policy (`colorgan.device.resolve_policy` on the data's device) sets `precision` (auto: bf16 or fp16
     on GPUs, fp32 on CPU), the AdamW kernel (`fused_adam`), `channels_last` and `compile` (True or a torch.compile
-    backend's name); `learn.policy` says what it decided. `metrics` come first in the table, before the five."""
+    backend's name); `learn.policy` says what it decided. `metrics` come first in the table, before these six."""
     policy = resolve_policy(dls.device, precision, fused_adam, channels_last, compile)
     if model is None:
         model = build_generator(img_size=dls.train.size, **generator_kwargs)
-    learn = Learner(dls, compile_model(model, compile) if compile else model, loss_func=L1LossFlat(),
+    learn = Learner(dls, compile_model(model, compile) if compile else model, loss_func=colour_loss(dls, rebalance),
                     opt_func=adamw(policy.fused_adam), wd=wd, splitter=body_head_split,
                     metrics=[*metrics, psnr_metric(), colorfulness_metric(), colorfulness_metric("real"),
-                             false_color_metric(), wrong_hue_metric()], path=path, cbs=cbs)
+                             false_color_metric(), wrong_hue_metric(), TintGain()],
+                    path=path, cbs=cbs)
     return apply_policy(learn, policy)
 
 

@@ -1,10 +1,17 @@
-"""Adversarial criteria on a PatchGAN's logit map: vanilla (pix2pix's BCE), LSGAN and hinge."""
+"""The generator's colour loss (L1 on ab, plain or rebalanced by how rare each colour is) and the adversarial
+criteria on a PatchGAN's logit map: vanilla (pix2pix's BCE), LSGAN and hinge."""
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-__all__ = ["ADV_LOSSES", "critic_loss", "generator_loss"]
+from .color import AB_SCALE, denorm_ab, sampled_ab
+
+__all__ = ["ADV_LOSSES", "critic_loss", "generator_loss", "AB_BIN", "ab_bins", "colour_prior", "rebalance_weights",
+           "RebalancedL1"]
 
 ADV_LOSSES = ("vanilla", "lsgan", "hinge")
 
@@ -28,3 +35,54 @@ def generator_loss(kind: str, logits: torch.Tensor) -> torch.Tensor:
     if kind == "lsgan":
         return F.mse_loss(logits, torch.ones_like(logits))
     return F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+
+
+AB_BIN = 10.0  # CIELAB units a side of one cell of the ab plane (Zhang et al.'s quantisation)
+AB_SIDE = math.ceil(2 * AB_SCALE / AB_BIN)  # cells along a and along b
+
+
+def ab_bins(ab: torch.Tensor) -> torch.Tensor:
+    "The model's scaled ab (N,2,H,W) -> the (N,H,W) index of each pixel's cell of the ab plane, in [0, AB_SIDE**2)."
+    cell = ((denorm_ab(ab.float()) + AB_SCALE) / AB_BIN).long().clamp(0, AB_SIDE - 1)
+    return cell[:, 0] * AB_SIDE + cell[:, 1]
+
+
+def colour_prior(photos, max_pixels: int = 2_000_000, chunk: int = 256, sigma: float = 5.0) -> torch.Tensor:
+    """How often each cell of the ab plane occurs in uint8 photos (N,S,S,3) (an array or the training cache):
+    (AB_SIDE**2,) shares summing to 1, smoothed by a Gaussian of `sigma` CIELAB units as Zhang et al. smooth theirs.
+    Reads every photo, every k-th pixel of each so that about `max_pixels` are counted."""
+    counts = torch.zeros(AB_SIDE * AB_SIDE, dtype=torch.float64)
+    for ab in sampled_ab(photos, max_pixels, chunk):
+        counts += torch.bincount(ab_bins(ab).flatten(), minlength=AB_SIDE * AB_SIDE).double()
+    radius = max(1, math.ceil(3 * sigma / AB_BIN))
+    kernel = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float64) * AB_BIN / sigma) ** 2)
+    grid = counts.view(1, 1, AB_SIDE, AB_SIDE)
+    grid = F.conv2d(grid, (kernel[:, None] * kernel[None]).view(1, 1, 2 * radius + 1, -1), padding=radius)
+    return (grid / grid.sum()).flatten().float()
+
+
+def rebalance_weights(prior: torch.Tensor, strength: float) -> torch.Tensor:
+    """Zhang et al.'s class rebalancing (their lambda is 1 - `strength`): the weight of a colour cell is
+    1 / (`strength` * prior + (1 - `strength`) / Q), Q the cells that occur, scaled so the photos' mean weight is 1.
+    0 weighs every colour alike (plain L1); their 0.5 lets the rarest colours weigh about 2Q times less common ones'
+    share of the loss."""
+    if not 0 <= strength < 1:
+        raise ValueError(f"rebalance strength must be in [0, 1), not {strength}")
+    q = int((prior > 0).sum().clamp(min=1))
+    weights = 1 / (strength * prior + (1 - strength) / q)
+    return weights / (prior * weights).sum()
+
+
+class RebalancedL1(nn.Module):
+    """L1 on the model's ab with each pixel weighted by how rare its real colour is among the training photos
+    (`rebalance_weights` of `colour_prior`): with plain L1 a generator that cannot tell grass from earth paints both
+    the common brown, and stage two then saturates that brown (docs/gan.md, round four). The mean weight over the
+    training photos is 1, so the loss reads like L1."""
+    def __init__(self, prior: torch.Tensor, strength: float = 0.5):
+        super().__init__()
+        self.strength = strength
+        self.register_buffer("weights", rebalance_weights(prior, strength))
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        w = self.weights.to(target.device)[ab_bins(target)].unsqueeze(1)
+        return (w * (pred.float() - target.float()).abs()).mean()

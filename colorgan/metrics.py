@@ -7,12 +7,12 @@ import torch
 import torch.nn.functional as F
 from fastai.learner import Metric
 
-from .color import model_to_rgb, rgb_to_lab
+from .color import model_to_rgb, rgb_to_lab, sampled_ab
 from .distributed import all_reduce_sum
 
-__all__ = ["psnr", "ssim", "ciede2000", "colorfulness", "false_color", "wrong_hue", "lightness_drift", "RGBMetric",
-           "psnr_metric", "colorfulness_metric", "false_color_metric", "wrong_hue_metric", "FALSE_COLOR_CHROMA",
-           "WRONG_HUE"]
+__all__ = ["psnr", "ssim", "ciede2000", "colorfulness", "false_color", "wrong_hue", "wrong_hue_mask",
+           "lightness_drift", "RGBMetric", "psnr_metric", "colorfulness_metric", "false_color_metric",
+           "wrong_hue_metric", "tint_floor", "TintGain", "ab_histogram", "floor_of", "FALSE_COLOR_CHROMA", "WRONG_HUE"]
 
 FALSE_COLOR_CHROMA = 20.0  # CIELAB chroma above the original's that counts as colour the photo never had
 # wrong_hue's thresholds: the prediction's chroma that counts as clear colour, the original's chroma below which its
@@ -48,16 +48,22 @@ def false_color(pred_lab: torch.Tensor, real_lab: torch.Tensor, excess: float = 
     return (_chroma(pred_lab) - _chroma(real_lab) > excess).flatten(1).float().mean(1)
 
 
-def wrong_hue(pred_lab: torch.Tensor, real_lab: torch.Tensor, chroma: float = WRONG_HUE["chroma"],
-              real_chroma: float = WRONG_HUE["real_chroma"], degrees: float = WRONG_HUE["degrees"]) -> torch.Tensor:
-    """Per image of CIELAB batches (N,3,H,W): the share of pixels painted in clear colour (chroma above `chroma`)
-    whose hue is more than `degrees` away from the original's, where the original has a hue (chroma above
-    `real_chroma`): a red patch on a green leaf or a yellow stone. `false_color` misses these when the original is
-    about as saturated as the patch."""
+def wrong_hue_mask(pred_lab: torch.Tensor, real_lab: torch.Tensor, chroma: float = WRONG_HUE["chroma"],
+                   real_chroma: float = WRONG_HUE["real_chroma"],
+                   degrees: float = WRONG_HUE["degrees"]) -> torch.Tensor:
+    "(N,H,W): the pixels `wrong_hue` counts (with chroma thresholds of 0, every pixel whose hue differs by more)."
     c1, c2 = _chroma(pred_lab), _chroma(real_lab)
     dot = (pred_lab[:, 1:].float() * real_lab[:, 1:].float()).sum(1)
     cos = dot / (c1 * c2).clamp(min=1e-6)  # cosine of the hue angle between the two
-    return ((c1 > chroma) & (c2 > real_chroma) & (cos < math.cos(math.radians(degrees)))).flatten(1).float().mean(1)
+    return (c1 > chroma) & (c2 > real_chroma) & (cos < math.cos(math.radians(degrees)))
+
+
+def wrong_hue(pred_lab: torch.Tensor, real_lab: torch.Tensor, **thresholds) -> torch.Tensor:
+    """Per image of CIELAB batches (N,3,H,W): the share of pixels painted in clear colour (chroma above `chroma`)
+    whose hue is more than `degrees` away from the original's, where the original has a hue (chroma above
+    `real_chroma`): a red patch on a green leaf or a yellow stone. `false_color` misses these when the original is
+    about as saturated as the patch. `thresholds` default to WRONG_HUE (`wrong_hue_mask`)."""
+    return wrong_hue_mask(pred_lab, real_lab, **thresholds).flatten(1).float().mean(1)
 
 
 def lightness_drift(pred_lab: torch.Tensor, real_lab: torch.Tensor) -> torch.Tensor:
@@ -108,6 +114,56 @@ def false_color_metric() -> RGBMetric:
 def wrong_hue_metric() -> RGBMetric:
     "The validation photos' wrong-hue area (see `wrong_hue`), on the RGB the predictions make."
     return RGBMetric(lambda pred, real: wrong_hue(rgb_to_lab(pred), rgb_to_lab(real)), "wrong_hue")
+
+
+TINT_BINS = 2201  # histogram bins of the scaled ab over [-1, 1]: 0.1 CIELAB units each
+
+
+def ab_histogram(ab: torch.Tensor) -> torch.Tensor:
+    "(2, TINT_BINS) counts of the model's scaled a and b values in a batch (N,2,H,W)."
+    return torch.stack([torch.histc(ab[:, i].float(), TINT_BINS, -1, 1) for i in range(2)])
+
+
+def floor_of(hist: torch.Tensor) -> float:
+    """The L1 (mean over a, b and pixels) of the best single colour for every pixel of an `ab_histogram`: the
+    median a and b, to the histogram's resolution."""
+    centres = torch.linspace(-1, 1, TINT_BINS, device=hist.device, dtype=torch.float64)
+    hist = hist.double()
+    cum = hist.cumsum(1)
+    median = centres[(cum < cum[:, -1:] / 2).sum(1).clamp(max=TINT_BINS - 1)]
+    return ((centres - median[:, None]).abs() * hist).sum(1).div(hist.sum(1)).mean().item()
+
+
+def tint_floor(photos, max_pixels: int = 2_000_000) -> float:
+    """`floor_of` uint8 photos (N,S,S,3): the L1 of painting all of them their median tint. A generator no better
+    than this paints one tint whatever it sees."""
+    return floor_of(sum(ab_histogram(ab) for ab in sampled_ab(photos, max_pixels)))
+
+
+class TintGain(RGBMetric):
+    """How much better than one tint: 1 - (the predictions' mean L1 on ab) / (the L1 of the validation photos'
+    median tint for all of them, `floor_of`, from the same batches). About 0 for a generator that has learned only
+    the photos' common tint: stage two then saturates that tint into patches of the wrong colour (docs/gan.md);
+    1 for a perfect one."""
+    def __init__(self):
+        super().__init__(None, "tint_gain")
+
+    def reset(self):
+        super().reset()
+        self.hist = 0.0
+
+    def accumulate(self, learn):
+        pred, target = learn.pred.float(), learn.yb[0].float()
+        self.hist = self.hist + ab_histogram(target)
+        self.total = self.total + (pred - target).abs().flatten(1).mean(1).sum()
+        self.count += len(target)
+
+    @property
+    def value(self):
+        count = all_reduce_sum(float(self.count))
+        if not count:
+            return None
+        return 1 - (all_reduce_sum(self.total) / count).item() / floor_of(all_reduce_sum(self.hist))
 
 
 def _gaussian_window(sigma: float = 1.5, truncate: float = 3.5) -> torch.Tensor:

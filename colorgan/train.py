@@ -18,7 +18,7 @@ from .artifacts import (ARTIFACT_NAME, CRITIC_NAME, _unwrap, generator_meta, loa
                         resolve_artifact, save_critic, save_generator)
 from . import budget
 from .budget import BudgetClock, Plan, fit_to_budget
-from .callbacks import BEST, LAST, ColourRule, RunCheckpoint, StopOnNaN, tensorboard_callback
+from .callbacks import BEST, LAST, ColourRule, RunCheckpoint, StopOnNaN, epoch_record, tensorboard_callback
 from .data import photo_dls
 from .distributed import barrier, distributed, init_distributed, is_main_process, main_process_first
 from .gan import ConditionalGAN, fit_gan, gan_learner
@@ -36,7 +36,7 @@ DATA_LIMITS = {"size": whole(32, 4096), "bs": whole(1), "valid_pct": number(0, 1
                "min_scale": number(0, 1, low_open=True), "min_colorfulness": number(0), "seed": whole(0),
                "epoch_batches": whole(1, optional=True), "decode_workers": whole(1, optional=True)}
 LEARNER_LIMITS = {"wd": number(0), "precision": one_of("auto", "fp32", "bf16", "fp16"),
-                  "ema_decay": number(0, 1, high_open=True, optional=True)}
+                  "ema_decay": number(0, 1, high_open=True, optional=True), "rebalance": number(0, 1, high_open=True)}
 _LR = number(0, low_open=True, optional=True)[0]
 FIT_LIMITS = {"n_epoch": whole(1, optional=True), "minutes": number(0, low_open=True, optional=True),
               "div": number(0, low_open=True),
@@ -238,6 +238,20 @@ def _finish(learn: Learner, run: Path, meta: dict, critic=None, critic_build: di
     return learn
 
 
+ONE_TINT = 0.05  # a tint_gain below this: the generator paints about one tint whatever it sees (docs/gan.md)
+
+
+def _warn_if_one_tint(record: dict, who: str) -> None:
+    "Say so when a generator colours the validation photos little better than one tint for all of them."
+    gain = record.get("tint_gain")
+    if gain is not None and gain < ONE_TINT:
+        log.warning(f"{who} colours the validation photos only {gain:.1%} better than one tint for all of them "
+                    f"(tint_gain, under {ONE_TINT:.0%}): it has not learned which colour goes where, and stage two "
+                    f"turns that tint into patches of the wrong colour (docs/gan.md). Train stage one longer or on "
+                    f"more photos, or start it from ImageNet weights (--weights PATH, or model.pretrained = true "
+                    f"where the hub can be reached)")
+
+
 def pretrain(data: str | os.PathLike, out: str | os.PathLike, recipe=None, overrides=(), resume: bool = False,
              overwrite: bool = False, minutes: float | None = None) -> Learner:
     """Stage one: train the generator on L1 with `fit_one_cycle` as the recipe says, writing the run folder
@@ -249,6 +263,8 @@ def pretrain(data: str | os.PathLike, out: str | os.PathLike, recipe=None, overr
     _record_policy(learn, run, recipe)
     meta = generator_meta(recipe["model"], dls.train.size, "pretrain", recipe)
     run_fit(learn, run, recipe, meta, resume, cbs=tensorboard_callback(**recipe["log"]), started=started)
+    if getattr(learn.recorder, "final_record", None) is not None:  # a finished run resumed has none
+        _warn_if_one_tint(epoch_record(learn.recorder), "stage one")
     return _finish(learn, run, meta)
 
 
@@ -297,6 +313,7 @@ def _colour_rule(learn: Learner, run: Path, meta: dict, resume: bool, **limits) 
     rule = ColourRule(start, **limits)
     score, why = rule.judge(start)
     log.info(f"stage two starts from: {why}")
+    _warn_if_one_tint(start, "the stage-one generator")
     if is_main_process():
         with atomic_path(start_file) as tmp:
             tmp.write_text(json.dumps(start))

@@ -42,13 +42,13 @@ def test_time_to_quality_orders_runs_by_budget_and_plots_each_system(tmp_path):
     import numpy as np
     from PIL import Image
     ttq = _time_to_quality()
-    runs = [_fake_run(tmp_path / "long", [45, 45], 24.0, wrong_hue=0.0125),
+    runs = [_fake_run(tmp_path / "long", [45, 45], 24.0, wrong_hue=0.0125, tint_gain=0.031),
             _fake_run(tmp_path / "short", [5, 5], 23.2)]  # from before wrong_hue was measured
     rows = ttq.gather(runs)
     assert [r["budget"] for r in rows] == [10, 90]
     lines = ttq.table(rows).splitlines()
     assert len(lines) == 2 + 6 and lines[2].startswith("| 10 | gray |") and lines[-1].startswith("| 90 | stage two | 4.5 |")
-    assert lines[-1].endswith("| 0.10% | 1.25% | 0.10 |") and lines[2].endswith("| 0.10% | - | 0.10 |")
+    assert lines[-1].endswith("| 0.10% | 1.25% | 0.10 | 3.10% |") and lines[2].endswith("| 0.10% | - | 0.10 | - |")
     ttq.plot(rows, tmp_path / "plot.png")
     pixels = np.asarray(Image.open(tmp_path / "plot.png").convert("RGB")).reshape(-1, 3)
     for colour in ttq.SYSTEMS.values():  # each system's line is drawn
@@ -65,3 +65,20 @@ def test_contact_sheet_colorizes_every_photo_of_a_folder(photo_dir, artefact, tm
     assert n == 12 and sheet.shape == (3 * 42 - 2, 5 * 42 - 2, 3)
     cells = [sheet[r * 42:r * 42 + 40, c * 42:c * 42 + 40] for r in range(3) for c in range(5)]
     assert [bool((cell < 240).mean() > 0.2) for cell in cells] == [True] * 12 + [False] * 3  # 12 photos, 3 empty
+
+
+def test_colour_by_region_names_each_region_and_the_wrong_pixels(photo_dir, artefact, capsys):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("colour_by_region", BENCH / "colour_by_region.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main([str(photo_dir), str(artefact), str(artefact)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].count(": a, b") == 4 and out[2].startswith("| real photos |") and len(out) == 5 + 1 + 1 + 2
+    assert "hue within 60 degrees of" in out[-1] and out[-1].endswith("'s 100%, of the real photo's 0%")
+    import torch
+    real = torch.tensor([50.0, -30.0, 30.0]).view(1, 3, 1, 1).repeat(1, 1, 2, 2)  # green (hue 135)
+    real[..., 0, 0] = torch.tensor([50.0, 0.0, -30.0])  # one blue pixel (hue 270)
+    pred = torch.tensor([50.0, 10.0, 20.0]).view(1, 3, 1, 1).repeat(1, 1, 2, 2)
+    means = module.region_means(pred, real)
+    assert means["green"] == pytest.approx((10, 20, -30, 30)) and means["blue"] == pytest.approx((10, 20, 0, -30))

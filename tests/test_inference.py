@@ -194,6 +194,13 @@ def test_evaluate_writes_metrics_with_the_gray_floor(artefact, photo_dir, tmp_pa
     assert model.keys() == gray.keys() and np.isfinite(list(model.values())).all()
     rows = (out / "per_image.csv").read_text().splitlines()
     assert len(rows) == 1 + 2 * 13 and (out / "samples.png").is_file()
+    from colorgan.photos import find_photos, load_photos
+    photos = load_photos(find_photos(photo_dir), 256)
+    ab = rgb2lab(photos.pixels[photos.usable()])[..., 1:].reshape(-1, 2) / 110
+    floor = np.abs(ab - np.median(ab, 0)).mean()  # the best single tint's L1: the originals' median a and b
+    stated = float(result["protocol"].split("median a and b: ")[1].split()[0])
+    assert stated == pytest.approx(floor, abs=5e-4)  # to the histogram's 0.1 CIELAB units
+    assert gray["tint_gain"] == pytest.approx(1 - np.abs(ab).mean() / floor, abs=0.01) and gray["tint_gain"] < 0
 
 
 def test_export_onnx_matches_torch(artefact, tmp_path):

@@ -141,6 +141,7 @@ def test_one_photo_that_cannot_be_decoded_is_its_own_failure(model, tmp_path, mo
     ("fit.n_epoch=1.5", "n_epoch = 1.5"), ("fit.n_epoch=0", "n_epoch = 0"), ("fit.n_epoch=-1", "n_epoch = -1"),
     ("data.bs=0", "bs = 0"), ("data.bs=-4", "bs = -4"), ("data.size=0", "size = 0"),
     ("learner.precision=bogus", "precision = 'bogus'"), ("data.valid_pct=1.5", "valid_pct = 1.5"),
+    ("learner.rebalance=1", "rebalance = 1"), ("learner.rebalance=-0.5", "rebalance = -0.5"),
 ])
 def test_values_of_the_right_type_but_out_of_range_are_refused_up_front(photo_dir, tmp_path, setting, named):
     r = run("pretrain", photo_dir, "--out", tmp_path / "g", *STAGE_ONE, "--set", setting)

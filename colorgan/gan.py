@@ -151,11 +151,11 @@ def gan_learner(dls, generator: nn.Module, critic: nn.Module | None = None, wd: 
                 precision: str = "auto", fused_adam: bool | str = "auto", channels_last: bool | str = "auto",
                 compile: bool | str = False, freeze_encoder: bool = False, ema_decay: float | None = 0.99,
                 rebalance: float = 0.0, path: str = ".", cbs=None, **kwargs) -> Learner:
-    """Stage two: the stage-one Learner around `generator` (L1 loss, PSNR, colourfulness and false-colour metrics)
-    plus the ConditionalGAN callback with `critic` (pix2pix's PatchGAN by default); `kwargs` go to
-    ConditionalGAN. `ema_decay` keeps an exponential moving average of the generator that validation, checkpoints
-    and the result use (None: off). `freeze_encoder` keeps the generator's encoder fixed during this stage;
-    `compile` compiles both nets; `rebalance` weighs the L1 term towards rare colours (`colour_loss`)."""
+    """Stage two: the stage-one Learner around `generator` (its loss and metrics: `pretrain_learner`) plus the
+    ConditionalGAN callback with `critic` (pix2pix's PatchGAN by default); `kwargs` go to ConditionalGAN.
+    `ema_decay` keeps an exponential moving average of the generator that validation, checkpoints and the result
+    use (None: off). `freeze_encoder` keeps the generator's encoder fixed during this stage; `compile` compiles
+    both nets; `rebalance` weighs the L1 term towards rare colours (`colour_loss`)."""
     gan = ConditionalGAN(critic, **kwargs)
     learn = pretrain_learner(dls, model=generator, wd=wd, precision=precision, fused_adam=fused_adam,
                              channels_last=channels_last, compile=compile, rebalance=rebalance, path=path, cbs=cbs,

@@ -313,7 +313,7 @@ def _colour_rule(learn: Learner, run: Path, meta: dict, resume: bool, **limits) 
     rule = ColourRule(start, **limits)
     score, why = rule.judge(start)
     log.info(f"stage two starts from: {why}")
-    _warn_if_one_tint(start, "the stage-one generator")
+    _warn_if_one_tint(start, "the generator stage two starts from")
     if is_main_process():
         with atomic_path(start_file) as tmp:
             tmp.write_text(json.dumps(start))

@@ -1,5 +1,6 @@
 import copy
 import csv
+import json
 import math
 
 import pytest
@@ -113,14 +114,19 @@ def test_adversarial_losses_on_known_logits():
     assert generator_loss("hinge", x) == pytest.approx(-0.5)
 
 
-def test_gan_finetune_logs_losses_and_writes_a_loadable_artefact(photo_dir, stage_one, tmp_path, monkeypatch):
+def test_gan_finetune_logs_losses_and_writes_a_loadable_artefact(photo_dir, stage_one, tmp_path, monkeypatch,
+                                                                  caplog):
+    import logging
     run = tmp_path / "gan"
-    gan_finetune(photo_dir, stage_one, run, recipe=tiny_recipe(critic={"n_filters": 8}))
+    with caplog.at_level(logging.INFO, logger="colorgan"):
+        gan_finetune(photo_dir, stage_one, run, recipe=tiny_recipe(critic={"n_filters": 8}))
     with open(run / "history.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1
-    for name in [*GAN_LOG, "valid_loss", "psnr", "colorfulness"]:
+    for name in [*GAN_LOG, "valid_loss", "psnr", "colorfulness", "tint_gain"]:
         assert math.isfinite(float(rows[0][name])), name
+    start = json.loads((run / "checkpoints" / "start.json").read_text())["tint_gain"]
+    assert start < 0.05 and "the generator stage two starts from colours the validation photos only" in caplog.text
     net, meta = load_generator(run)  # the same loader, the same format as stage one
     _, meta1 = load_generator(stage_one)
     assert meta["stage"] == "gan" and meta.keys() == meta1.keys() and meta["build"] == meta1["build"]

@@ -64,8 +64,7 @@ def colour_prior(photos, max_pixels: int = 2_000_000, chunk: int = 256, sigma: f
 def rebalance_weights(prior: torch.Tensor, strength: float) -> torch.Tensor:
     """Zhang et al.'s class rebalancing (their lambda is 1 - `strength`): the weight of a colour cell is
     1 / (`strength` * prior + (1 - `strength`) / Q), Q the cells that occur, scaled so the photos' mean weight is 1.
-    0 weighs every colour alike (plain L1); the nearer 1, the more rare colours weigh (at their 0.5, the rarest
-    about 40 times the commonest on the 2,642 training photos of docs/gan.md)."""
+    0 weighs every colour alike (plain L1); the nearer 1, the more rare colours weigh."""
     if not 0 <= strength < 1:
         raise ValueError(f"rebalance strength must be in [0, 1), not {strength}")
     q = int((prior > 0).sum().clamp(min=1))
@@ -76,8 +75,8 @@ def rebalance_weights(prior: torch.Tensor, strength: float) -> torch.Tensor:
 class RebalancedL1(nn.Module):
     """L1 on the model's ab with each pixel weighted by how rare its real colour is among the training photos
     (`rebalance_weights` of `colour_prior`): Zhang et al.'s remedy for the brownish average that plain L1 learns
-    where a colour is uncertain. It helps a generator that can tell objects apart; from scratch on a few thousand
-    photos it only moved the one tint (docs/gan.md, round four). The mean weight over the training photos is 1, so
+    where a colour is uncertain, used by them on a body that knows objects (not measured here); from scratch on a
+    few thousand photos it only moved the one tint (docs/gan.md, round four). The mean weight over the training photos is 1, so
     the loss reads like L1."""
     def __init__(self, prior: torch.Tensor, strength: float = 0.5):
         super().__init__()

@@ -76,8 +76,8 @@ class RebalancedL1(nn.Module):
     """L1 on the model's ab with each pixel weighted by how rare its real colour is among the training photos
     (`rebalance_weights` of `colour_prior`): Zhang et al.'s remedy for the brownish average that plain L1 learns
     where a colour is uncertain, used by them on a body that knows objects (not measured here); from scratch on a
-    few thousand photos it only moved the one tint (docs/gan.md, round four). The mean weight over the training photos is 1, so
-    the loss reads like L1."""
+    few thousand photos it only moved the one tint (docs/gan.md, round four). The mean weight over the training
+    photos is 1, so the loss reads like L1."""
     def __init__(self, prior: torch.Tensor, strength: float = 0.5):
         super().__init__()
         self.strength = strength

@@ -22,7 +22,7 @@ __all__ = ["save_generator", "load_generator", "resolve_artifact", "ARTIFACT_NAM
 ARTIFACT_NAME, CRITIC_NAME = "generator.pth", "critic.pth"
 FORMAT = "colorgan-generator"
 FORMAT_VERSION = 1
-BUILD_KEYS = ("arch", "self_attention", "blur", "spectral_norm", "width")
+BUILD_KEYS = ("arch", "self_attention", "blur", "spectral_norm", "width", "out_stride", "head")
 
 
 def generator_meta(build: dict, size: int, stage: str, recipe: dict) -> dict:
@@ -45,8 +45,15 @@ def _save_state(module: nn.Module, path: str | os.PathLike, header: dict) -> Pat
     return path
 
 
-def save_generator(model: nn.Module, path: str | os.PathLike, meta: dict) -> Path:
-    "Write the artefact atomically; a crash leaves the old one in place."
+def save_generator(model: nn.Module, path: str | os.PathLike, meta: dict | None = None) -> Path:
+    """Write the artefact atomically; a crash leaves the old one in place. Without `meta`, the network's own record
+    of how `build_generator` made it and at what size (a model trained in Python: `save_generator(learn.model,
+    path)` gives a file that colorize, serve and export take)."""
+    if meta is None:
+        net = _unwrap(model)
+        if not hasattr(net, "build"):
+            raise ColorganError("save_generator needs `meta` for a network that build_generator did not make")
+        meta = generator_meta(net.build, net.img_size, "python", {})
     return _save_state(model, path, {"format": FORMAT, "format_version": FORMAT_VERSION, "meta": meta})
 
 
@@ -95,7 +102,20 @@ def load_generator(model: str | os.PathLike, device="cpu") -> tuple[nn.Module, d
     except (TypeError, ValueError, RuntimeError, KeyError) as e:
         raise ColorganError(f"{path}: its weights do not fit the network its metadata describes "
                             f"({str(e).splitlines()[0][:200]})") from None
-    return net.to(device).eval(), meta
+    _check_output(net.eval(), path, meta["size"])
+    return net.to(device), meta
+
+
+def _check_output(net: nn.Module, path: Path, size: int) -> None:
+    """Refuse a generator whose output on a plain gray ramp is not finite: finite weights of a diverged run (up to
+    1e28) that would colour every photo black."""
+    side = max(32, min(size, 64) // 32 * 32)
+    ramp = torch.linspace(-1, 1, side).expand(1, 1, side, side).contiguous()
+    with torch.no_grad():
+        out = net(ramp)
+    if not torch.isfinite(out).all():
+        raise ColorganError(f"{path}'s generator outputs NaN or infinite colour: the run that wrote it diverged; "
+                            f"train again with a lower fit.lr_max")
 
 
 def save_critic(critic: nn.Module, path: str | os.PathLike, build: dict) -> Path:

@@ -17,7 +17,7 @@ import torch
 from fastai.callback.core import Callback, CancelFitException
 
 from .artifacts import _unwrap
-from .distributed import broadcast_object, is_main_process
+from .distributed import broadcast_object
 from .utils import log
 
 __all__ = ["Plan", "plan_budget", "measure", "fit_to_budget", "BudgetClock", "clock"]
@@ -91,7 +91,7 @@ def measure(learn) -> tuple[float, float, float]:
     finally:
         del learn.budget_probe
         _restore(learn, saved)
-    step_s = min(probe.times[2:] or probe.times)  # steady state: on CPU the first batches ran 1.45x slower
+    step_s = min(probe.times[2:] or probe.times)  # steady state: the first batches warm kernels and caches up
     start = clock()
     with learn.no_bar():
         learn.validate()
@@ -120,15 +120,14 @@ def _restore(learn, saved: dict) -> None:
 
 
 def fit_to_budget(learn, minutes: float, started: float) -> Plan:
-    """Measure (rank 0), plan what is left of `minutes` since `started` (a `clock()` reading), and share the plan
-    with every rank; the training loader gets its epoch length."""
-    plan = None
-    if is_main_process():
-        natural = max(1, len(learn.dls.train.dataset) // learn.dls.train.bs)
-        measured = measure(learn)
-        plan = plan_budget(minutes, *measured, natural_batches=natural, spent_s=clock() - started,
-                           epoch_batches=learn.dls.train.epoch_batches)
-    plan = Plan(**broadcast_object(asdict(plan) if plan else None))
+    """Measure on every rank (validation all-reduces its metrics and stage two puts the critic in DDP: collectives
+    that every rank must join), plan what is left of `minutes` since `started` (a `clock()` reading) from rank 0's
+    measurements, and give every rank that plan; the training loader gets its epoch length."""
+    natural = max(1, len(learn.dls.train.dataset) // learn.dls.train.bs)
+    measured = measure(learn)
+    plan = plan_budget(minutes, *measured, natural_batches=natural, spent_s=clock() - started,
+                       epoch_batches=learn.dls.train.epoch_batches)
+    plan = Plan(**broadcast_object(asdict(plan)))
     learn.dls.train.epoch_batches = plan.epoch_batches
     log.info(f"{minutes:g} minutes: {plan.spent_s / 60:.1f} gone to setting up, then {plan.n_epoch} epoch(s) of "
              f"{plan.epoch_batches} batches ({plan.step_s:.2f} s each, validation {plan.valid_s:.1f} s, checkpoints "
@@ -141,10 +140,10 @@ class BudgetClock(Callback):
     minutes (the actual ones counting from this fit's start: a resumed run counts what it adds)."""
     order = 70
 
-    def __init__(self, plan: Plan):
-        self.plan = plan
+    def __init__(self, plan: Plan, resumed: bool = False):
+        self.plan, self.resumed = plan, resumed
 
-    def before_fit(self): self.start = clock() - self.plan.spent_s
+    def before_fit(self): self.start = clock() - (0.0 if self.resumed else self.plan.spent_s)
 
     def after_epoch(self):
         used = (clock() - self.start) / 60

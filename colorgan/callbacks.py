@@ -2,6 +2,7 @@
 average of the generator, and a faithful history after --resume."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -153,7 +154,8 @@ def probing(learn) -> bool:
 
 class StopOnNaN(Callback):
     """fastai's TerminateOnNaN, with the reason kept: the fit is cancelled at the first loss that is NaN or infinite,
-    before any checkpoint of the broken weights, and `diverged` says where (the run then raises it)."""
+    a training batch's or an epoch's validation loss, before any checkpoint of the broken weights (so --resume never
+    starts from them), and `diverged` says where (the run then raises it)."""
     order = -9  # before the recorder and the checkpoints
 
     def before_fit(self):
@@ -167,12 +169,23 @@ class StopOnNaN(Callback):
                              f"saved. Lower fit.lr_max and start again, or --resume from the last good epoch")
             raise CancelFitException
 
+    def after_epoch(self):  # before the Recorder (50) and RunCheckpoint (65): this epoch is not recorded or saved
+        names, log = list(self.recorder.metric_names), list(self.recorder.log)  # log: epoch, train_loss, valid_loss..
+        at = names.index("valid_loss") if "valid_loss" in names else len(log)
+        loss = log[at] if at < len(log) else None
+        if isinstance(loss, float) and not probing(self.learn) and not math.isfinite(loss):
+            self.diverged = (f"the validation loss became {loss} at epoch {self.epoch + 1}: the generator's outputs "
+                             f"are not finite (training diverged; nothing of this epoch was saved). Lower fit.lr_max "
+                             f"and start again, or --resume from the last good epoch")
+            raise CancelFitException
+
 
 class GeneratorEMA(Callback):
     """An exponential moving average of the generator's weights (`decay` per optimizer step, with the usual
     warm-up `min(decay, (1 + n) / (10 + n))` so a short run is not dominated by its start). The averaged weights
     are swapped in for validation and stay in through `after_epoch`, so metrics, sample grids and checkpoints all
-    see them, and they are what the model holds after the fit. Steps aside under `lr_find`."""
+    see them, and they are what the model holds after the fit; the raw weights are kept aside, so the next fit
+    trains them on. Steps aside under `lr_find`."""
     order = 64  # swaps in before RunCheckpoint (65) reads the model
 
     def __init__(self, decay: float):
@@ -197,8 +210,11 @@ class GeneratorEMA(Callback):
                 s.copy_(t)  # BatchNorm's batch counters follow the live model
 
     def before_validate(self): self._swap_in()
-    def before_train(self): self._swap_out()
-    def after_fit(self): self.raw = None  # the averaged weights stay: they are the result
+    def before_train(self): self._swap_out()  # the raw weights train on, in this fit and the next (fit(1); fit(1))
+
+    def __getstate__(self) -> dict:
+        "Pickled (fastai's `export`) without the average and the raw copy: the model already holds the average."
+        return {**self.__dict__, "shadow": None, "raw": None}
 
     @torch.no_grad()
     def _swap_in(self):
@@ -213,15 +229,23 @@ class GeneratorEMA(Callback):
             self.raw = None
 
     def checkpoint_state(self) -> dict:
-        raw = self.raw if self.raw is not None else self._tensors()
-        return {"ema": [t.cpu() for t in self.shadow], "ema_raw": [t.cpu() for t in raw], "ema_updates": self.n_updates}
+        """Any time: before the first fit there is no average yet, and nothing to save. While the model holds the
+        average (from validation to the end of the epoch, when checkpoints are written) it is saved with the model
+        and only the raw weights here, so last.pth holds the generator twice, not three times."""
+        if self.shadow is None:
+            return {}
+        if self.raw is not None:
+            return {"ema_raw": [t.cpu() for t in self.raw], "ema_updates": self.n_updates}
+        return {"ema": [t.cpu() for t in self.shadow], "ema_raw": [t.cpu() for t in self._tensors()],
+                "ema_updates": self.n_updates}
 
     @torch.no_grad()
     def load_checkpoint_state(self, state: dict):
-        "The checkpoint's model holds the averaged weights (saved after validation): put the raw ones back."
-        if "ema" not in state:
+        "The checkpoint's model holds the averaged weights (saved after validation), unless it says otherwise."
+        if "ema_raw" not in state:
             return
-        self.shadow = [s.to(t.device) for s, t in zip(state["ema"], self._tensors())]
+        average = state["ema"] if "ema" in state else [t.detach().clone() for t in self._tensors()]
+        self.shadow = [s.to(t.device) for s, t in zip(average, self._tensors())]
         torch._foreach_copy_(self._tensors(), [r.to(t.device) for r, t in zip(state["ema_raw"], self._tensors())])
         self.raw, self.n_updates = None, state["ema_updates"]
 

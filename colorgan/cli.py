@@ -26,6 +26,18 @@ def main():
     enable_logging()
 
 
+class _Finite(click.FloatRange):
+    "click's FloatRange, which lets nan through (every comparison with nan is false), refusing nan too."
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        if value != value:
+            self.fail(f"{value} is not a number", param, ctx)
+        return value
+
+
+FINITE_MINUTES = _Finite(min=0.1, max=7 * 24 * 60)  # a week at most: beyond, the plan's index lists grow without use
+
+
 def _recipe_options(f):
     f = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
                      help="Override one recipe value, e.g. --set fit.n_epoch=5 (repeatable).")(f)
@@ -33,7 +45,7 @@ def _recipe_options(f):
     f = click.option("--out", required=True, type=click.Path(file_okay=False), help="The run folder to write.")(f)
     f = click.option("--resume", is_flag=True, help="Continue the interrupted run in --out from its last epoch.")(f)
     f = click.option("--overwrite", is_flag=True, help="Start again in an --out that already holds a run.")(f)
-    f = click.option("--minutes", type=click.FloatRange(min=0.1), help="Train for this long, wall clock: the whole "
+    f = click.option("--minutes", type=FINITE_MINUTES, help="Train for this long, wall clock: the whole "
                      "schedule is sized to it (it replaces the recipe's fit.n_epoch).")(f)
     f = click.option("--tensorboard", is_flag=True, help="Log losses, metrics, the schedule and sample grids for "
                      "TensorBoard under OUT/tensorboard (log.tensorboard=true; pip install 'colorgan[tensorboard]').")(f)
@@ -145,7 +157,7 @@ def export(model, onnx_path, opset):
 @click.option("--host", help="Address to listen on (default 127.0.0.1: this machine only).")
 @click.option("--port", type=click.IntRange(1, 65535), help="Port (default 8000).")
 @RENDER_SIZE
-@click.option("--max-mb", type=click.FloatRange(0.1, 1024), help="Largest request accepted, in MB (default 20).")
+@click.option("--max-mb", type=_Finite(0.1, 1024), help="Largest request accepted, in MB (default 20).")
 @click.option("--device", help="cpu, cuda or cuda:N (default: the GPU when there is one).")
 @ENGINE
 def serve(model, host, port, render_size, max_mb, device, engine):

@@ -1,7 +1,7 @@
 """All colour maths of colorgan: sRGB <-> CIELAB on torch tensors and the L / ab scalings.
 
 Conventions match scikit-image's `rgb2lab` / `lab2rgb` (sRGB primaries, D65 white, 2 degree observer).
-Tensors are batched (N,3,H,W) float32 on any device and every function is differentiable.
+Tensors are batched (N,3,H,W) float32 on any device; the conversions (not the gamut search) are differentiable.
 This is the only module that knows the numbers 50 and 110: data, metrics, inference and serving import it.
 """
 from __future__ import annotations

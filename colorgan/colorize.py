@@ -6,6 +6,7 @@ a one-line error while the others go on; the caller sees how many failed.
 from __future__ import annotations
 
 import glob
+import io
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +19,7 @@ from PIL import Image
 
 from .inference import Colorizer
 from .photos import IMAGE_EXTENSIONS, exif_upright, find_photos
-from .utils import ColorganError, atomic_path, log
+from .utils import ColorganError, atomic_write_bytes, check_writable, log
 
 __all__ = ["colorize_paths", "expand_inputs", "Outcome"]
 
@@ -73,9 +74,11 @@ def _expand_one(text: str, outcome: Outcome) -> list[tuple[Path, Path]]:
 
 
 def _save(img: Image.Image, path: Path) -> None:
+    "Encoded in memory, then written whole or not at all (`atomic_write_bytes`)."
     fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
-    with atomic_path(path) as tmp:
-        img.save(tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _side_by_side(colorizer: Colorizer, src: Image.Image, colour: Image.Image) -> Image.Image:
@@ -91,6 +94,7 @@ def colorize_paths(colorizer: Colorizer, inputs, out: str | os.PathLike, overwri
                    compare: bool = False, bs: int = 8) -> Outcome:
     "Colorize every photo that `inputs` name into `out`, mirroring their paths; see the module's doc."
     out, outcome = Path(out), Outcome()
+    check_writable(out)
     pairs = expand_inputs(inputs, outcome)
     sources, claimed, todo = {p.resolve() for p, _ in pairs}, {(out / rel).resolve() for _, rel in pairs}, []
     for src, rel in pairs:

@@ -105,12 +105,16 @@ class LabDataLoader(DataLoader):
     def size(self) -> int: return self.dataset.shape[1]
 
     def __len__(self):
-        return super().__len__() if not self.epoch_batches else self.epoch_batches
+        return self.epoch_batches if self._queued else super().__len__()
+
+    @property
+    def _queued(self) -> bool: return bool(self.epoch_batches) and self.shuffle
 
     def get_idxs(self):
-        """With `epoch_batches`, an epoch is that many batches, drawn from a shuffled queue of all photos that the
-        next epoch continues: every photo is seen once before any is seen twice, however short the epochs."""
-        if not self.epoch_batches:
+        """With `epoch_batches` (and shuffling: a loader for training), an epoch is that many batches, drawn from a
+        shuffled queue of all photos that the next epoch continues: every photo is seen once before any is seen
+        twice, however short the epochs. Without shuffling (`get_preds`, `new(shuffle=False)`) every photo in order."""
+        if not self._queued:
             return super().get_idxs()
         need = self.epoch_batches * self.bs
         while len(self._queue) < need:

@@ -11,8 +11,8 @@ from torch import nn
 
 from .artifacts import load_generator
 from .color import denorm_ab, norm_l
-from .inference import STRIDE
-from .utils import ColorganError, atomic_path, log
+from .models import STRIDE
+from .utils import ColorganError, atomic_path, check_writable, log, require_extra
 
 __all__ = ["LabGenerator", "export_onnx", "check_onnx"]
 
@@ -48,6 +48,8 @@ def check_onnx(path: str | os.PathLike, module: nn.Module, shapes) -> list[tuple
 def export_onnx(model: str | os.PathLike, onnx_path: str | os.PathLike, opset: int = 17, check: bool = True):
     """Export a run folder or artefact to ONNX (input 'L', output 'ab', dynamic N, H, W) and, when onnxruntime is
     installed, check it matches torch within 1e-3 at two sizes. Returns the check's [(shape, max diff)]."""
+    require_extra("onnx", "onnx")
+    check_writable(Path(onnx_path).parent, "--onnx")
     net, meta = load_generator(model)
     module = LabGenerator(net).eval()
     size = _multiple_of_stride(meta["size"])

@@ -24,9 +24,13 @@ from .learner import compile_model, pretrain_learner
 from .losses import ADV_LOSSES, critic_loss, generator_loss
 from .models import build_critic
 
-__all__ = ["ConditionalGAN", "gan_learner", "fit_gan", "GAN_LOG"]
+__all__ = ["ConditionalGAN", "gan_learner", "GAN_LOG", "GAN_LR", "GAN_MOMS"]
 
 GAN_LOG = ("loss_D_real", "loss_D_fake", "loss_G_GAN", "loss_G_L1")
+# Stage two's generator schedule, on its Learner so that every fastai fit method uses it: pix2pix's learning rate,
+# and Adam's first moment held at 0.5 as pix2pix keeps it (fit_one_cycle's default cycles it between 0.95 and
+# 0.85, tuned for supervised training). The critic's Adam has its own betas (`ConditionalGAN.betas`).
+GAN_LR, GAN_MOMS = 2e-4, (0.5, 0.5, 0.5)
 
 
 class ConditionalGAN(Callback):
@@ -50,8 +54,11 @@ class ConditionalGAN(Callback):
 
     # -- fastai events ---------------------------------------------------------------------------------------
     def before_fit(self):
+        if hasattr(self.learn, "gather_preds"):  # predict, get_preds: nothing to do with the critic
+            self.run = False
+            return
         self._setup()
-        self.probing = probing(self.learn)  # lr_find must leave the critic as it found it
+        self.probing = probing(self.learn)  # lr_find and the budget's timing must leave the critic as they found it
         self._saved = copy.deepcopy(self.checkpoint_state()) if self.probing else None
 
     def after_fit(self):
@@ -73,11 +80,13 @@ class ConditionalGAN(Callback):
         loss scaler, both made once and kept across fits."""
         policy = self.learn.policy
         fmt = torch.channels_last if policy.channels_last else torch.preserve_format
-        self.critic = wrap_ddp(self.critic.to(policy.device, memory_format=fmt))
+        device = self.learn.dls.device or policy.device  # the data's: a Learner loaded with cpu=True trains there
+        self.critic = wrap_ddp(self.critic.to(device, memory_format=fmt))
         if self.critic_opt is None:
             self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=self.critic_lr, betas=self.betas,
                                                fused=policy.fused_adam or None)
-        self.device_type, self.amp_dtype = policy.device_type, policy.amp_dtype
+        self.device_type = torch.device(device).type
+        self.amp_dtype = policy.amp_dtype if self.device_type == policy.device_type else None
         if self.critic_scaler is None:
             self.critic_scaler = torch.amp.GradScaler(self.device_type, enabled=self.amp_dtype == torch.float16)
 
@@ -133,14 +142,26 @@ class ConditionalGAN(Callback):
         "One column per loss of GAN_LOG: its mean over the last training epoch (fastai's ValueMetric)."
         return [ValueMetric(partial(self.epoch_mean, name), name) for name in GAN_LOG]
 
+    def __getstate__(self) -> dict:
+        """Pickled (fastai's `export`, for inference) with the critic's weights but not its optimizer or loss scaler,
+        which a later fit makes afresh: an exported stage-two Learner is about the size of stage one's."""
+        return {**self.__dict__, "critic": _unwrap(self.critic), "critic_opt": None, "critic_scaler": None,
+                "_saved": None}
+
     def checkpoint_state(self) -> dict:
-        return {"critic": _unwrap(self.critic).state_dict(), "critic_opt": self.critic_opt.state_dict(),
-                "critic_scaler": self.critic_scaler.state_dict(), "gan_batches": self.n_batches}
+        "Any time: before the first fit the critic has no optimizer or loss scaler yet (None)."
+        saved = lambda x: x.state_dict() if x is not None else None  # noqa: E731
+        return {"critic": _unwrap(self.critic).state_dict(), "critic_opt": saved(self.critic_opt),
+                "critic_scaler": saved(self.critic_scaler), "gan_batches": self.n_batches}
 
     def load_checkpoint_state(self, state: dict):
+        "A state saved before the critic had an optimizer (the budget's timing, say) gives it a fresh one."
+        if not state.get("critic_opt"):
+            self.critic_opt, self.critic_scaler = None, None
         self._setup()
         _unwrap(self.critic).load_state_dict(state["critic"])
-        self.critic_opt.load_state_dict(state["critic_opt"])
+        if state.get("critic_opt"):
+            self.critic_opt.load_state_dict(state["critic_opt"])
         if state.get("critic_scaler"):
             self.critic_scaler.load_state_dict(state["critic_scaler"])
         self.n_batches = state["gan_batches"]
@@ -152,14 +173,17 @@ def gan_learner(dls, generator: nn.Module, critic: nn.Module | None = None, wd: 
                 compile: bool | str = False, freeze_encoder: bool = False, ema_decay: float | None = 0.99,
                 rebalance: float = 0.0, path: str = ".", cbs=None, **kwargs) -> Learner:
     """Stage two: the stage-one Learner around `generator` (its loss and metrics: `pretrain_learner`) plus the
-    ConditionalGAN callback with `critic` (pix2pix's PatchGAN by default); `kwargs` go to ConditionalGAN.
+    ConditionalGAN callback with `critic` (pix2pix's PatchGAN by default); `kwargs` go to ConditionalGAN. The
+    Learner's `lr` and `moms` are stage two's (GAN_LR, GAN_MOMS): `fit_one_cycle`, `fit` and `fine_tune` from
+    Python train as `colorgan gan-finetune` does.
     `ema_decay` keeps an exponential moving average of the generator that validation, checkpoints and the result
     use (None: off). `freeze_encoder` keeps the generator's encoder fixed during this stage; `compile` compiles
     both nets; `rebalance` weighs the L1 term towards rare colours (`colour_loss`)."""
     gan = ConditionalGAN(critic, **kwargs)
     learn = pretrain_learner(dls, model=generator, wd=wd, precision=precision, fused_adam=fused_adam,
-                             channels_last=channels_last, compile=compile, rebalance=rebalance, path=path, cbs=cbs,
-                             metrics=gan.metrics())
+                             channels_last=channels_last, compile=compile, rebalance=rebalance, loss="l1", path=path,
+                             cbs=cbs, metrics=gan.metrics())
+    learn.lr, learn.moms = GAN_LR, GAN_MOMS
     if compile:
         compile_model(gan.critic, compile)
     learn.add_cb(gan)
@@ -168,14 +192,3 @@ def gan_learner(dls, generator: nn.Module, critic: nn.Module | None = None, wd: 
     if freeze_encoder:
         learn.freeze()
     return learn
-
-
-def fit_gan(learn: Learner, n_epoch: int | None = None, lr_max: float = 2e-4, div: float = 25.0,
-            div_final: float = 1e5, pct_start: float = 0.25, wd: float | None = None, moms: tuple = (0.5, 0.5, 0.5),
-            cbs=None, reset_opt: bool = False, start_epoch: int = 0, minutes: float | None = None):
-    """Stage two's schedule: fastai's one-cycle for the generator's learning rate with Adam's first moment held at
-    0.5, as pix2pix keeps it (fit_one_cycle's default cycles it between 0.95 and 0.85, tuned for supervised
-    training). The critic's Adam has its own betas (`ConditionalGAN.betas`). `minutes` is read by `colorgan.train`,
-    which sizes `n_epoch` and the epochs' length to it (colorgan.budget)."""
-    return learn.fit_one_cycle(n_epoch, lr_max=lr_max, div=div, div_final=div_final, pct_start=pct_start, wd=wd,
-                               moms=tuple(moms), cbs=cbs, reset_opt=reset_opt, start_epoch=start_epoch)

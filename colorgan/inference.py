@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import math
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +21,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .artifacts import load_generator, resolve_artifact
+from .models import STRIDE
 from .color import denorm_ab, lab_to_rgb, norm_l
 from .device import resolve_device, resolve_precision
 from .photos import default_cache_dir, pil_to_l
-from .utils import ColorganError, log
+from .utils import ColorganError, atomic_path, log
 
 __all__ = ["Colorizer", "render_shape", "resolve_engine", "STRIDE", "ENGINES"]
 
-STRIDE = 32  # a DynamicUnet over a ResNet body halves the size 5 times
 
 
 def render_shape(h: int, w: int, render_size: int, max_aspect: float = 3.0) -> tuple[int, int]:
@@ -57,18 +58,37 @@ def resolve_engine(engine: str, device: torch.device, precision: str) -> str:
     return engine
 
 
-def onnx_session(artifact: Path):
-    """An onnxruntime session of an artefact's generator (L in CIELAB units in, ab out), exported once, checked
-    against torch within 1e-3 and kept in the cache folder under the artefact's hash."""
-    import onnxruntime as ort
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
+
+def cached_onnx(artifact: Path) -> Path:
+    """The artefact's ONNX graph in the cache folder, under the artefact's hash, exported once and checked against
+    torch within 1e-3. A stamp beside it holds the graph's own hash: a cached file that was truncated, emptied,
+    changed or replaced (by a folder, another model's graph) no longer matches it and is exported again."""
     from .export import export_onnx
-    digest = hashlib.sha256(artifact.read_bytes()).hexdigest()[:24]
-    path = default_cache_dir() / "onnx" / f"generator-{digest}.onnx"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        log.info(f"exporting {artifact} for onnxruntime, once (kept in {path.parent})")
-        export_onnx(artifact, path)  # named only once written and checked: a failed export leaves no file
+    path = default_cache_dir() / "onnx" / f"generator-{_sha256(artifact)[:24]}.onnx"
+    stamp = path.with_name(path.name + ".sha256")
+    try:
+        if path.is_file() and stamp.is_file() and stamp.read_text().strip() == _sha256(path):
+            return path
+    except OSError:
+        pass
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    path.unlink(missing_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    log.info(f"exporting {artifact} for onnxruntime, once (kept in {path.parent})")
+    export_onnx(artifact, path)  # named only once written and checked: a failed export leaves no file
+    with atomic_path(stamp) as tmp:
+        tmp.write_text(_sha256(path))
+    return path
+
+
+def onnx_session(artifact: Path):
+    "An onnxruntime session of an artefact's generator (L in CIELAB units in, ab out), from `cached_onnx`."
+    import onnxruntime as ort
+    path = cached_onnx(artifact)
     options = ort.SessionOptions()
     options.log_severity_level = 3  # warnings about unused initialisers are noise to a user
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .color import AB_SCALE, denorm_ab, sampled_ab
+from .color import AB_SCALE, denorm_ab, norm_ab, sampled_ab
 
-__all__ = ["ADV_LOSSES", "critic_loss", "generator_loss", "AB_BIN", "ab_bins", "colour_prior", "rebalance_weights",
-           "RebalancedL1"]
+__all__ = ["ADV_LOSSES", "critic_loss", "generator_loss", "AB_BIN", "ab_bins", "ab_cell_centres", "colour_prior",
+           "rebalance_weights", "RebalancedL1", "ColourClassLoss"]
 
 ADV_LOSSES = ("vanilla", "lsgan", "hinge")
 
@@ -45,6 +45,13 @@ def ab_bins(ab: torch.Tensor) -> torch.Tensor:
     "The model's scaled ab (N,2,H,W) -> the (N,H,W) index of each pixel's cell of the ab plane, in [0, AB_SIDE**2)."
     cell = ((denorm_ab(ab.float()) + AB_SCALE) / AB_BIN).long().clamp(0, AB_SIDE - 1)
     return cell[:, 0] * AB_SIDE + cell[:, 1]
+
+
+def ab_cell_centres() -> torch.Tensor:
+    "(AB_SIDE**2, 2): the centre of each cell of the ab plane in the model's scaled ab units, in `ab_bins`' order."
+    centre = norm_ab((torch.arange(AB_SIDE, dtype=torch.float32) + 0.5) * AB_BIN - AB_SCALE)
+    a, b = torch.meshgrid(centre, centre, indexing="ij")
+    return torch.stack([a.flatten(), b.flatten()], 1)
 
 
 def colour_prior(photos, max_pixels: int = 2_000_000, chunk: int = 256, sigma: float = 5.0) -> torch.Tensor:
@@ -86,3 +93,22 @@ class RebalancedL1(nn.Module):
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         w = self.weights.to(target.device)[ab_bins(target)].unsqueeze(1)
         return (w * (pred.float() - target.float()).abs()).mean()
+
+
+class ColourClassLoss(nn.Module):
+    """Zhang et al.'s loss for a generator with a class head (`build_generator(head="classes")`): cross-entropy of
+    the head's logits over the cells of the ab plane against each pixel's real cell (the real ab averaged over the
+    area of one logit first), optionally weighted towards rare cells (`weights`, `rebalance_weights`). Unlike L1,
+    which pulls an uncertain pixel to the median colour, it learns every colour a pixel may have; the head's
+    annealed mean reads one colour out. `pred` (the read-out ab) is not used: the logits are the head's last."""
+    def __init__(self, head: nn.Module, weights: torch.Tensor | None = None):
+        super().__init__()
+        self.heads = [head]  # a plain list: the loss must not own (and so move or save) the generator's module
+        self.register_buffer("weights", weights)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = self.heads[0].logits
+        if target.shape[-2:] != logits.shape[-2:]:
+            target = F.adaptive_avg_pool2d(target.float(), logits.shape[-2:])
+        weights = None if self.weights is None else self.weights.to(logits.device)
+        return F.cross_entropy(logits.float(), ab_bins(target), weight=weights)

@@ -7,6 +7,7 @@ It lives in the user's cache folder, never beside the photos: a user's input fol
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -20,7 +21,7 @@ import torch
 from PIL import Image, ImageOps
 
 from .color import lightness_of_gray8, lightness_of_rgb8, rgb_to_lab
-from .utils import ColorganError, atomic_path, log, short_list
+from .utils import TEMP_SUFFIX, ColorganError, atomic_path, log, short_list
 
 _WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 _GRAY_MODES = {"1", "L", "LA"} | _WIDE_MODES
@@ -179,6 +180,18 @@ def load_photos(files: list[Path], size: int, cache_dir: str | os.PathLike | Non
     return PhotoSet(files, statuses, np.load(npy, mmap_mode="r"))
 
 
+def remove_orphans(npy: Path) -> None:
+    """Remove what a build of the cache `npy` that was killed (kill -9, a power cut) left: its full-size temporary.
+    A build still running holds a lock on its file and is left alone."""
+    for tmp in npy.parent.glob(f".{npy.name}.*{TEMP_SUFFIX}"):
+        try:
+            with open(tmp, "rb") as f:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                tmp.unlink()
+        except (BlockingIOError, FileNotFoundError):
+            continue
+
+
 def _build_cache(files: list[Path], size: int, npy: Path, meta: Path, decode_workers: int) -> None:
     log.info(f"decoding {len(files)} photos at {size} px into the cache {npy.parent} (once)")
     npy.parent.mkdir(parents=True, exist_ok=True)
@@ -187,10 +200,11 @@ def _build_cache(files: list[Path], size: int, npy: Path, meta: Path, decode_wor
         raise ColorganError(f"the photo cache {npy.parent} needs {need / 2 ** 20:.0f} MB for {len(files)} photos at "
                             f"{size} px and its disk has {free / 2 ** 20:.0f} MB free: free some space, or point "
                             f"COLORGAN_CACHE (or data.cache_dir) at another disk")
-    with atomic_path(npy) as tmp:
+    remove_orphans(npy)
+    with atomic_path(npy) as tmp, open(tmp, "r+b") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # held while this process lives: a killed build's file is unlocked
         pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), size, size, 3))
-        with open(tmp, "r+b") as f:  # reserve the blocks now: a memory map that meets a full disk dies of SIGBUS
-            os.posix_fallocate(f.fileno(), 0, os.path.getsize(tmp))
+        os.posix_fallocate(held.fileno(), 0, os.path.getsize(tmp))  # a memory map meeting a full disk dies of SIGBUS
         statuses = _decode_all(files, size, pixels, decode_workers)
         pixels.flush()
         del pixels

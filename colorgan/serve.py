@@ -21,13 +21,13 @@ from PIL import Image
 
 from .inference import Colorizer
 from .photos import exif_upright, is_grayscale
-from .utils import ColorganError
+from .utils import ColorganError, require_extra
 
 __all__ = ["create_app", "serve", "MAX_BYTES", "MAX_PIXELS"]
 
 MAX_BYTES = 20 * 2 ** 20   # request size limit
 MAX_PIXELS = 64_000_000    # larger images are refused as possible decompression bombs
-KEPT_RENDERS = 4           # photos kept for /render: their full-res L and low-res ab, 48 MB for 12 MP
+KEPT_RENDERS = 4           # photos kept for /render: full-res L (float32, 4 bytes a pixel) and low-res ab each
 log = logging.getLogger("colorgan.serve")
 
 
@@ -101,6 +101,7 @@ def _open_image(data: bytes) -> Image.Image:
 def create_app(model, render_size: int | None = None, max_bytes: int = MAX_BYTES, device=None,
                engine: str = "auto"):
     "The FastAPI app for a run folder or generator.pth (or a ready Colorizer)."
+    require_extra("serve", "fastapi", "multipart")
     from fastapi import FastAPI, File, Form, HTTPException, UploadFile
     from fastapi.responses import HTMLResponse, JSONResponse, Response
 
@@ -183,8 +184,6 @@ def _version() -> str:
 def serve(model, host: str = "127.0.0.1", port: int = 8000, render_size: int | None = None,
           max_bytes: int = MAX_BYTES, device=None, engine: str = "auto") -> None:
     "Run the app on uvicorn until interrupted."
-    try:
-        import uvicorn
-    except ImportError:
-        raise ColorganError("colorgan serve needs its extra: pip install 'colorgan[serve]'") from None
+    require_extra("serve", "fastapi", "uvicorn", "multipart")
+    import uvicorn
     uvicorn.run(create_app(model, render_size, max_bytes, device, engine), host=host, port=port)

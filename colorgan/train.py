@@ -20,13 +20,14 @@ from . import budget
 from .budget import BudgetClock, Plan, fit_to_budget
 from .callbacks import BEST, LAST, ColourRule, RunCheckpoint, StopOnNaN, epoch_record, tensorboard_callback
 from .data import photo_dls
-from .distributed import barrier, distributed, init_distributed, is_main_process, main_process_first
-from .gan import ConditionalGAN, fit_gan, gan_learner
+from .distributed import (barrier, distributed, init_distributed, is_distributed, is_main_process,
+                          main_process_first)
+from .gan import ConditionalGAN, gan_learner
 from .learner import fit_pretrain, pretrain_learner
 from .models import build_critic, build_generator
-from .losses import ADV_LOSSES
+from .losses import ADV_LOSSES, ColourClassLoss
 from .recipes import RecipeError, Section, dumps_toml, load_recipe, number, one_of, whole
-from .utils import ColorganError, atomic_path, check_out, log
+from .utils import TEMP_SUFFIX, ColorganError, atomic_path, check_out, check_writable, log, require_extra
 
 __all__ = ["pretrain", "gan_finetune", "PRETRAIN_SCHEMA", "GAN_SCHEMA", "RECIPE_NAME"]
 
@@ -36,17 +37,20 @@ DATA_LIMITS = {"size": whole(32, 4096), "bs": whole(1), "valid_pct": number(0, 1
                "min_scale": number(0, 1, low_open=True), "min_colorfulness": number(0), "seed": whole(0),
                "epoch_batches": whole(1, optional=True), "decode_workers": whole(1, optional=True)}
 LEARNER_LIMITS = {"wd": number(0), "precision": one_of("auto", "fp32", "bf16", "fp16"),
+                  "loss": one_of("auto", "l1", "classes"),
                   "ema_decay": number(0, 1, high_open=True, optional=True), "rebalance": number(0, 1, high_open=True)}
 _LR = number(0, low_open=True, optional=True)[0]
-FIT_LIMITS = {"n_epoch": whole(1, optional=True), "minutes": number(0, low_open=True, optional=True),
+FIT_LIMITS = {"n_epoch": whole(1, optional=True), "minutes": number(0, 7 * 24 * 60, low_open=True, optional=True),
               "div": number(0, low_open=True),
               "lr_max": (lambda v: _LR(v) or (isinstance(v, list) and v != [] and all(_LR(x) for x in v)),
                          "a finite number above 0, a list of them (one per parameter group) or unset"),
               "div_final": number(0, low_open=True), "pct_start": number(0, 1, high_open=True)}
-FIT = Section(fit_pretrain, ("learn", "cbs", "reset_opt", "start_epoch"), FIT_LIMITS)
+FIT = Section(fit_pretrain, ("learn", "cbs", "reset_opt", "start_epoch"),
+              {**FIT_LIMITS, "freeze_pct": number(0, 1), "lr_mult": number(1)})
 PRETRAIN_SCHEMA = {
     "data": Section(photo_dls, ("path",), DATA_LIMITS),
-    "model": Section(build_generator, ("img_size",), {"width": number(0, 1, low_open=True)}),
+    "model": Section(build_generator, ("img_size",), {"width": number(0, 1, low_open=True),
+                                                      "out_stride": one_of(1, 2, 4), "head": one_of("ab", "classes")}),
     "learner": Section(pretrain_learner, ("dls", "model", "path", "cbs", "metrics"), LEARNER_LIMITS),
     "fit": FIT,
     "log": Section(tensorboard_callback),
@@ -63,7 +67,7 @@ GAN_SCHEMA = {
         ConditionalGAN).parameters), LEARNER_LIMITS),  # ConditionalGAN's own keys belong to [gan]
     "keep": Section(ColourRule, ("start",), {"max_psnr_drop": number(0), "max_false_color": number(0, 1),
                                                "max_wrong_hue": number(0, 1, optional=True)}),
-    "fit": Section(fit_gan, ("learn", "cbs", "reset_opt", "start_epoch", "wd"), FIT_LIMITS),
+    "fit": FIT,
     "log": Section(tensorboard_callback),
 }
 
@@ -81,6 +85,9 @@ def _budget_or_epochs(recipe: dict, minutes: float | None) -> dict:
     Python call replaces the recipe's n_epoch, and says so; a recipe (or --set) that gives both is refused."""
     fit = recipe["fit"]
     if minutes is not None:
+        test, allowed = FIT_LIMITS["minutes"]
+        if not test(minutes):
+            raise RecipeError(f"--minutes must be {allowed}, not {minutes}")
         if fit["n_epoch"] is not None:
             log.info(f"--minutes {minutes:g} replaces the recipe's fit.n_epoch = {fit['n_epoch']}")
         fit["minutes"], fit["n_epoch"] = minutes, None
@@ -103,10 +110,13 @@ def prepare_run(out, recipe, overrides, schema: dict, resume: bool, overwrite: b
         if minutes is not None:
             raise ColorganError(f"{run}'s budget was planned when it started; --resume continues that plan without "
                                 f"--minutes (raise fit.n_epoch with --set to train longer)")
+        resolved = _resumed_recipe(run, schema, overrides)
+        _check_log(run, resolved)
         if is_main_process():
             clear_stale_temporaries(run)
-        return _resumed_recipe(run, schema, overrides)
+        return resolved
     resolved = _budget_or_epochs(load_recipe(recipe, schema, overrides), minutes)
+    _check_log(run, resolved)
     if (run / ARTIFACT_NAME).exists() or (run / LAST).exists():
         if not overwrite:
             raise ColorganError(f"{run} already holds a run: continue it with --resume, or choose another --out "
@@ -118,6 +128,13 @@ def prepare_run(out, recipe, overrides, schema: dict, resume: bool, overwrite: b
         clear_stale_temporaries(run)
         write_recipe(run, resolved)
     return resolved
+
+
+def _check_log(run: Path, recipe: dict) -> None:
+    "A TensorBoard log asked for: its package and its folder, before anything of the run is written."
+    if recipe["log"]["tensorboard"]:
+        require_extra("tensorboard", "tensorboard")
+        check_writable(run / "tensorboard", "the TensorBoard folder")
 
 
 def _resumed_recipe(run: Path, schema: dict, overrides) -> dict:
@@ -134,7 +151,7 @@ def _resumed_recipe(run: Path, schema: dict, overrides) -> dict:
 
 RUN_FILES = (ARTIFACT_NAME, CRITIC_NAME, RECIPE_NAME, "history.csv", str(LAST), str(BEST), "checkpoints/start.json",
              "checkpoints/budget.json")
-RUN_PATTERNS = ("samples/epoch_[0-9][0-9][0-9].png", ".*.tmp", "checkpoints/.*.tmp", "samples/.*.tmp")
+RUN_PATTERNS = ("samples/epoch_[0-9][0-9][0-9].png", *(f"{d}.*{TEMP_SUFFIX}" for d in ("", "checkpoints/", "samples/")))
 
 
 def run_files(run: Path) -> list[Path]:
@@ -163,13 +180,13 @@ def clear_stale_temporaries(run: Path) -> None:
 
 
 def run_fit(learn: Learner, run: Path, recipe: dict, meta: dict, resume: bool, cbs=(), rule=None,
-            best: float = float("inf"), fit=fit_pretrain, started: float | None = None) -> Learner:
+            best: float = float("inf"), started: float | None = None) -> Learner:
     """The stage's fit with the run's callbacks, `best.pth` chosen by `rule` (lowest validation loss unless told);
     sized to `fit.minutes` when the recipe gives a budget; on --resume, from the last finished epoch with its
     history replayed. `started`: when the run began (a `budget.clock()` reading), for the budget's account."""
     learn.path = Path(run)  # the run folder: where RunCheckpoint writes
     cbs = [*cbs, *_budget(learn, run, recipe, resume, budget.clock() if started is None else started)]
-    fit_fn, fit = fit, {k: v for k, v in recipe["fit"].items() if k != "minutes"}
+    fit = {k: v for k, v in recipe["fit"].items() if k != "minutes"}
     n_epoch, start = fit.pop("n_epoch"), 0
     checkpoint, nan_guard = RunCheckpoint(meta, best=best, rule=rule), StopOnNaN()
     cbs = [*cbs, nan_guard, *([CSVLogger("history.csv")] if is_main_process() else []), checkpoint]
@@ -181,7 +198,7 @@ def run_fit(learn: Learner, run: Path, recipe: dict, meta: dict, resume: bool, c
         log.info(f"{run} already finished its {n_epoch} epochs; raise fit.n_epoch to train longer")
         return learn
     with distributed(learn):
-        fit_fn(learn, n_epoch, start_epoch=start, cbs=cbs, **{k: v for k, v in fit.items() if v is not None})
+        fit_pretrain(learn, n_epoch, start_epoch=start, cbs=cbs, **{k: v for k, v in fit.items() if v is not None})
     if nan_guard.diverged:
         raise ColorganError(nan_guard.diverged)
     return learn
@@ -197,7 +214,7 @@ def _budget(learn: Learner, run: Path, recipe: dict, resume: bool, started: floa
     if minutes is None:
         return []
     if resume and (run / BUDGET).is_file():
-        return [BudgetClock(Plan(**json.loads((run / BUDGET).read_text())))]
+        return [BudgetClock(Plan(**json.loads((run / BUDGET).read_text())), resumed=True)]
     plan = fit_to_budget(learn, minutes, started)
     recipe["fit"]["n_epoch"], recipe["data"]["epoch_batches"] = plan.n_epoch, plan.epoch_batches
     write_recipe(run, recipe)
@@ -220,9 +237,15 @@ def _start(run: Path, data, recipe, overrides, schema: dict, resume: bool, overw
 
 
 def _record_policy(learn: Learner, run: Path, recipe: dict) -> None:
-    "The device policy as decided, never 'auto', into the recipe, the artefact's metadata and the run folder."
+    """The device policy as decided, never 'auto', into the recipe, the artefact's metadata and the run folder. The
+    device is recorded as its type ('cuda', not rank 0's 'cuda:0'), so each rank of a resumed run takes its own
+    GPU again; only an index the user named on one process is kept."""
     policy = learn.policy.as_dict()
-    recipe["data"]["device"] = policy.pop("device")
+    if "loss" in recipe["learner"]:  # stage one's: what "auto" chose for this generator
+        policy["loss"] = "classes" if isinstance(learn.loss_func, ColourClassLoss) else "l1"
+    device, named = torch.device(policy.pop("device")), recipe["data"]["device"]
+    keep = named is not None and torch.device(named).index is not None and not is_distributed()
+    recipe["data"]["device"] = str(device) if keep else device.type
     recipe["learner"].update(policy)
     write_recipe(run, recipe)
 
@@ -283,7 +306,7 @@ def gan_finetune(data: str | os.PathLike, generator: str | os.PathLike, out: str
     meta = generator_meta(source["build"], dls.train.size, "gan", recipe)
     rule, best = _colour_rule(learn, run, meta, resume, **recipe["keep"])
     run_fit(learn, run, recipe, meta, resume, cbs=tensorboard_callback(**recipe["log"]), rule=rule, best=best,
-            fit=fit_gan, started=started)
+            started=started)
     _keep_best(learn, run)
     return _finish(learn, run, meta, critic, recipe["critic"])
 

@@ -38,13 +38,16 @@ class ColorganError(Exception):
         return self.message
 
 
+TEMP_SUFFIX = ".colorgan.tmp"  # every temporary colorgan writes ends so; `.NAME.XXXXXXXX.colorgan.tmp`, no user file
+
+
 @contextmanager
 def atomic_path(dest: str | os.PathLike):
     """Yield a temporary path beside `dest`; on success it replaces `dest` in one step, so a reader (or a
     crash) never sees a half-written file. On failure the temporary file is removed and `dest` is untouched."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=TEMP_SUFFIX, dir=dest.parent)
     os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide a colorized photo from a web server or colleague
     os.close(fd)
     try:
@@ -58,6 +61,18 @@ def atomic_path(dest: str | os.PathLike):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def atomic_write_bytes(dest: str | os.PathLike, data: bytes) -> None:
+    """`data` into `dest` atomically, and only whole: written, flushed to the disk and its size checked before the
+    rename, so a full disk that truncates the file silently never leaves a short file under the final name."""
+    with atomic_path(dest) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if os.path.getsize(tmp) != len(data):
+            raise OSError(errno.ENOSPC, f"only {os.path.getsize(tmp)} of {len(data)} bytes reached the disk", str(tmp))
 
 
 def _umask() -> int:
@@ -87,6 +102,15 @@ def _raise_if_disk_full(error: Exception, dest: Path) -> None:
                             f"its last saved epoch)") from error
 
 
+def require_extra(extra: str, *modules: str) -> None:
+    "Refuse at once, naming the extra to install, when a module an optional feature imports is missing."
+    import importlib.util
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ColorganError(f"this needs {', '.join(missing)}, which the plain install does not bring: "
+                            f"pip install 'colorgan[{extra}]'")
+
+
 def short_list(items, n: int = 3) -> str:
     "'a, b, c and 4 more' for messages that name the first few of many things."
     items = [str(i) for i in items]
@@ -101,11 +125,25 @@ def check_out(run: Path, data, reads: Path | None = None) -> None:
     if out == photos or photos in out.parents:
         raise ColorganError(f"--out {run} is inside the photo folder {data}: what colorgan writes there would mix "
                             f"with your photos (and be read as photos next time); choose a folder outside it")
-    if reads is not None and reads.resolve().parent == out:
+    if reads is not None and out in Path(reads).resolve().parents:
         raise ColorganError(f"--out {run} holds the generator being read ({reads}): write stage two to another "
                             f"folder, e.g. {run}-gan")
-    existing = next(p for p in [out, *out.parents] if p.exists())
+    check_writable(run)
+
+
+def check_writable(folder: str | os.PathLike, what: str = "--out") -> None:
+    """Refuse, before anything is written, a folder that cannot be made or written: a file on its path, no
+    permission, a read-only disk, a place like /proc. A file is made and removed in the nearest folder that exists
+    (root passes every permission test, not a read-only mount)."""
+    folder = Path(folder).absolute()
+    existing = next(p for p in [folder, *folder.parents] if p.exists())
     if not existing.is_dir():
-        raise ColorganError(f"--out {run} cannot be made: {existing} is a file")
+        raise ColorganError(f"{what} {folder} cannot be made: {existing} is a file")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ColorganError(f"--out {run} cannot be written: no permission to write in {existing}")
+        raise ColorganError(f"{what} {folder} cannot be written: no permission to write in {existing}")
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".colorgan-probe-", suffix=TEMP_SUFFIX):
+            pass
+    except OSError as e:
+        raise ColorganError(f"{what} {folder} cannot be written: {existing} takes no files "
+                            f"({e.strerror or e})") from None

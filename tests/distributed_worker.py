@@ -21,11 +21,17 @@ def recording_forward(self, x):
 
 
 torch.nn.Conv2d.forward = recording_forward
-tiny = {"data": {"size": 32, "bs": 4, "valid_pct": 0.25, "augment": True}, "fit": {"n_epoch": 2, "lr_max": 1e-3},
-        "learner": {"precision": "fp32"}}
+budget = len(sys.argv) > 3 and sys.argv[3] == "budget"  # --minutes with bf16: every rank times, one plan
+tiny = {"data": {"size": 32, "bs": 4, "valid_pct": 0.25, "augment": True},
+        "fit": {"minutes": 0.3} if budget else {"n_epoch": 2, "lr_max": 1e-3},
+        "learner": {"precision": "bf16" if budget else "fp32"}}
 learn = pretrain(photos, out / "g", recipe={**tiny, "model": {"pretrained": False, "width": 0.25}})
 gan = gan_finetune(photos, out / "g", out / "gan", recipe={**tiny, "critic": {"n_filters": 8}})
 rank = dist.get_rank()
+for stage, run in (("g", learn), ("gan", gan)):
+    (out / f"plan.{stage}.rank{rank}.txt").write_text(f"{run.n_epoch} x {run.dls.train.epoch_batches}")
+if budget:
+    sys.exit(0)
 for name, net in (("generator", gan.model), ("critic", gan.conditional_gan.critic)):
     digest = hashlib.sha256()
     for k, v in sorted(net.state_dict().items()):

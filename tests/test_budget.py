@@ -120,3 +120,53 @@ def test_the_timing_changes_nothing(photo_dir):
     assert step_s > 0 and valid_s > 0 and save_s > 0
     assert all(torch.equal(before[k], v) for k, v in learn.model.state_dict().items())
     assert all(torch.equal(moments[k], v) for k, v in learn.opt.state_dict()["state"][0].items() if k in moments)
+
+
+@pytest.mark.slow
+def test_minutes_under_bf16_both_stages(photo_dir, tmp_path, fake_clock):
+    "--minutes times batches on a copy of the state, mixed precision's loss scale and the EMA included."
+    from colorgan.train import gan_finetune
+    bf16 = {"precision": "bf16"}
+    pretrain(photo_dir, tmp_path / "g", recipe=tiny_recipe(model=TINY_MODEL, learner=bf16, fit={"n_epoch": None}),
+             minutes=0.5)
+    gan = gan_finetune(photo_dir, tmp_path / "g", tmp_path / "gan", minutes=0.5,
+                       recipe=tiny_recipe(learner=bf16, critic={"n_filters": 8}, fit={"n_epoch": None}))
+    assert gan.policy.precision == "bf16"
+    for run in ("g", "gan"):
+        plan = json.loads((tmp_path / run / "checkpoints/budget.json").read_text())
+        assert (tmp_path / run / "generator.pth").is_file() and plan["n_epoch"] >= 1
+
+
+def test_checkpoint_state_may_be_called_any_time(photo_dir):
+    "Before the first fit, inside one, after one: the protocol of every callback that offers it."
+    from fastai.callback.core import Callback
+    from colorgan.data import photo_dls
+    from colorgan.gan import gan_learner
+    from colorgan.models import build_critic, build_generator
+    dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False, epoch_batches=1)
+    learn = gan_learner(dls, build_generator(pretrained=False, width=0.25, img_size=32), build_critic(n_filters=8),
+                        precision="bf16", ema_decay=0.9)
+    holders = [cb for cb in learn.cbs if hasattr(cb, "checkpoint_state")]
+    assert {type(cb).__name__ for cb in holders} >= {"DeviceMixedPrecision", "GeneratorEMA", "ConditionalGAN"}
+    before = {type(cb).__name__: cb.checkpoint_state() for cb in holders}
+    assert before["GeneratorEMA"] == {}  # nothing averaged yet
+
+    class During(Callback):
+        def after_batch(self): self.states = [cb.checkpoint_state() for cb in holders]
+    during = During()
+    learn.fit(1, 1e-3, cbs=[during])
+    after = {type(cb).__name__: cb.checkpoint_state() for cb in holders}
+    assert len(during.states) == len(holders)
+    assert after["DeviceMixedPrecision"]["scaler"] is not None and "ema_raw" in after["GeneratorEMA"]
+    learn.validate()  # fastai's MixedPrecision.after_fit sets learn.scaler to None again
+    assert learn.mixed_precision.checkpoint_state() == after["DeviceMixedPrecision"]
+
+
+def test_a_resumed_clock_counts_only_what_it_adds(monkeypatch):
+    "Set-up time was spent (and counted) when the plan was made; a resumed run does not count it again."
+    from colorgan.budget import BudgetClock, Plan
+    plan = Plan(minutes=10, n_epoch=2, epoch_batches=5, step_s=1.0, valid_s=1.0, save_s=1.0, spent_s=120.0)
+    monkeypatch.setattr(colorgan.budget, "clock", lambda: 1000.0)
+    fresh, resumed = BudgetClock(plan), BudgetClock(plan, resumed=True)
+    fresh.before_fit(), resumed.before_fit()
+    assert fresh.start == 880.0 and resumed.start == 1000.0

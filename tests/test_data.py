@@ -157,12 +157,29 @@ def test_augmentation_is_identical_for_l_and_ab():
     assert not torch.equal(l[0], l[1])  # each sample got its own crop
 
 
-def test_show_batch_and_flip_varies(photo_dir):
+def test_show_batch_draws_gray_and_colour(photo_dir):
     import matplotlib
     matplotlib.use("Agg")
     dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, decode_workers=1)
     axs = dls.show_batch(max_n=2)
-    assert len(axs) == 4 and axs[1].get_title() == "colour"
+    assert len(axs) == 4 and axs[0].get_title() == "gray" and axs[1].get_title() == "colour"
+    gray, colour = (np.asarray(ax.images[0].get_array(), dtype=np.float32) for ax in axs[:2])
+    assert np.abs(gray[..., 0] - gray[..., 2]).max() < 0.02  # the L input, drawn gray
+    assert np.abs(colour[..., 0] - colour[..., 2]).max() > 0.05  # the same photo in its colours
+
+
+def test_flip_mirrors_and_augmentation_varies(photo_dir):
+    from colorgan.data import random_resized_crop
+    rgb = torch.rand(2, 3, 16, 24)
+    whole = dict(min_scale=1.0, ratio=(1.0, 1.0))  # the crop is the whole photo: only the flip is left
+    assert torch.allclose(random_resized_crop(rgb, flip_p=1.0, **whole), rgb.flip(-1), atol=1e-5)
+    assert torch.allclose(random_resized_crop(rgb, flip_p=0.0, **whole), rgb, atol=1e-5)
+    dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, decode_workers=1)
+    b = dls.train.create_batch([0, 1, 2, 3])
+    (l1, _), (l2, _) = dls.train.after_batch(b), dls.train.after_batch(b)
+    assert not torch.allclose(l1, l2)  # the same photos come out cropped and flipped otherwise each time
+    (v1, _), (v2, _) = dls.valid.after_batch(b), dls.valid.after_batch(b)
+    assert torch.equal(v1, v2)  # validation is not augmented
 
 
 def test_show_batch_and_show_results_honour_ctxs_and_show(photo_dir):
@@ -196,3 +213,32 @@ def test_the_batch_transform_decodes_back_to_the_photo(photo_dir):
     assert (colour * 255 - uint8.permute(0, 3, 1, 2).float()).abs().max() < 1.0  # the photo, 8-bit rounding aside
     assert (gray - gray.mean(1, keepdim=True)).abs().max() < 1e-4  # gray: R = G = B (float error aside)
     assert len(ToLab(with_target=False)(uint8)) == 1
+
+
+def test_unshuffled_loader_gives_every_photo_in_order_despite_epoch_batches(photo_dir):
+    "get_preds(ds_idx=0) after a budgeted run: every training photo once, in order, not a shuffled slice."
+    dls = photo_dls(photo_dir, size=32, bs=2, valid_pct=0.25, augment=False, epoch_batches=1, decode_workers=1)
+    assert len(dls.train) == 1  # training: one batch an epoch, as the budget planned
+    plain = dls.train.new(shuffle=False, drop_last=False)
+    assert len(plain) == -(-len(dls.train.dataset) // 2)
+    assert list(plain.get_idxs()) == list(range(len(dls.train.dataset)))
+
+
+def test_a_killed_cache_build_leaves_nothing_behind(photo_dir, tmp_path):
+    "kill -9 while the cache is written leaves a full-size temporary; the next build removes it, not a live one's."
+    import fcntl
+    from colorgan.photos import find_photos, load_photos
+    cache = tmp_path / "cache"
+    files = find_photos(photo_dir)
+    load_photos(files, 16, cache_dir=cache, decode_workers=1)
+    npy = next(cache.glob("*.npy"))
+    orphan, live = cache / f".{npy.name}.k9x2ab.colorgan.tmp", cache / f".{npy.name}.live01.colorgan.tmp"
+    orphan.write_bytes(b"\0" * 4096)
+    live.write_bytes(b"\0" * 4096)
+    mine = cache / ".notes.tmp"
+    mine.write_text("not colorgan's")
+    npy.unlink()  # the next run decodes again
+    with open(live, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another process is still writing this one
+        load_photos(files, 16, cache_dir=cache, decode_workers=1)
+    assert not orphan.exists() and live.exists() and mine.exists()

@@ -47,3 +47,21 @@ def test_two_gloo_ranks_train_both_stages_identically(photo_dir, tmp_path, launc
         assert (tmp_path / f"dtypes.rank{k}.txt").read_text() == "torch.float32"
     # metrics are reduced across ranks: both ranks saw the same numbers
     assert (tmp_path / "history.rank0.txt").read_text() == (tmp_path / "history.rank1.txt").read_text()
+
+
+@pytest.mark.slow
+def test_minutes_under_torchrun_give_every_rank_one_plan(photo_dir, tmp_path):
+    "--minutes with bf16 on two gloo ranks: every rank times its steps (validation and DDP are collectives), "
+    "rank 0's plan is everyone's, and the run finishes."
+    if not Path(_tool("torchrun")).exists():
+        pytest.skip("torchrun is not installed")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    r = subprocess.run([_tool("torchrun"), *LAUNCHERS["torchrun"][1:], str(HERE / "distributed_worker.py"),
+                        str(photo_dir), str(tmp_path), "budget"], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    for stage in ("g", "gan"):
+        plans = {(tmp_path / f"plan.{stage}.rank{k}.txt").read_text() for k in (0, 1)}
+        assert len(plans) == 1, plans
+        assert (tmp_path / stage / "generator.pth").is_file()
+        recorded = (tmp_path / stage / "recipe.resolved.toml").read_text()
+        assert 'device = "cpu"' in recorded  # a device type, never one rank's index

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from fastai.callback.core import Callback
 from fastai.torch_core import set_seed
 
 from colorgan.artifacts import load_generator
@@ -162,6 +163,7 @@ def test_resume_restores_critic_and_optimizers(photo_dir, stage_one, tmp_path, m
     assert torch.equal(seen["opt"]["state"][0]["exp_avg"], saved["opt"]["state"][0]["exp_avg"])
     assert saved["gan_batches"] > 0
     assert torch.load(run / "checkpoints/last.pth", weights_only=True)["epoch"] == 2
+    assert "ema_raw" in saved and "ema" not in saved  # the average is the saved model: the generator twice, not 3x
 
 
 def test_works_with_fastai_callbacks(learn, tmp_path):
@@ -222,11 +224,95 @@ def test_ema_weights_are_validated_and_kept(photo_dir):
     assert all(torch.equal(final[i], seen["shadow"][i]) for i in floats)
 
 
-def test_ema_off_validates_the_raw_weights(photo_dir):
+class _SeenByValidation(Callback):
+    "The generator's weights at each validation (after GeneratorEMA, order 64, has swapped in what it swaps)."
+    order = 66
+
+    def __init__(self): self.seen, self.stepped = [], None
+    def after_step(self): self.stepped = _snapshot(self.model)
+    def before_validate(self): self.seen.append(_snapshot(self.model))
+
+
+@pytest.mark.parametrize("ema_decay", [None, 0.9])
+def test_validation_sees_the_raw_weights_only_without_ema(photo_dir, ema_decay):
     dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False, decode_workers=1)
     learn = gan_learner(dls, build_generator(pretrained=False, width=0.25, img_size=32), build_critic(n_filters=8),
-                        ema_decay=None)
-    assert not hasattr(learn, "generator_ema")
+                        ema_decay=ema_decay)
+    assert hasattr(learn, "generator_ema") == bool(ema_decay)
+    probe = _SeenByValidation()
+    learn.fit(1, 1e-3, cbs=[probe])
+    raw, validated = probe.stepped, probe.seen[-1]
+    same = all(torch.equal(raw[k], validated[k]) for k in raw if raw[k].is_floating_point())
+    assert same == (ema_decay is None)  # with EMA, validation sees the average, not the last step's weights
+
+
+def test_two_fits_train_on_as_one(photo_dir):
+    "fit(1); fit(1) equals fit(2): the EMA hands the raw weights back to the next fit, not the average."
+    results = []
+    for epochs in ([1, 1], [2]):
+        set_seed(0)
+        dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False, decode_workers=1)
+        learn = gan_learner(dls, build_generator(pretrained=False, width=0.25, img_size=32),
+                            build_critic(n_filters=8), ema_decay=0.9)
+        for n in epochs:
+            learn.fit(n, 1e-3)
+        results.append(_snapshot(learn.model))
+    assert all(torch.allclose(results[0][k].float(), results[1][k].float(), atol=1e-6) for k in results[0])
+
+
+def test_stage_two_schedule_is_on_the_learner(learn):
+    "Every fastai fit method trains stage two with its momentum: fit_one_cycle from Python as the CLI does."
+    from colorgan.gan import GAN_LR, GAN_MOMS
+    assert learn.moms == GAN_MOMS and learn.lr == GAN_LR
+    learn.fit_one_cycle(1)
+    assert [h["mom"] for h in learn.opt.hypers] == [0.5, 0.5]
+    assert learn.recorder.hps["lr"][0] == pytest.approx(GAN_LR / 25)  # one-cycle starts at lr_max / div
+
+
+def test_exported_stage_two_is_small_and_predicts_on_cpu(photo_dir, tmp_path, astronaut):
+    from fastai.learner import load_learner
+    from colorgan.learner import pretrain_learner
+    dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False, decode_workers=1)
+    one = pretrain_learner(dls, pretrained=False, width=0.25)
+    one.export(tmp_path / "one.pkl")
+    gan = gan_learner(dls, build_generator(pretrained=False, width=0.25, img_size=32), build_critic(n_filters=8),
+                      precision="bf16")
+    gan.fit(1, 1e-3)
+    gan.export(tmp_path / "gan.pkl")
+    ratio = (tmp_path / "gan.pkl").stat().st_size / (tmp_path / "one.pkl").stat().st_size
+    assert ratio < 1.5, ratio  # no critic optimizer, no EMA copies of the generator
+    again = load_learner(tmp_path / "gan.pkl", cpu=True)
+    assert not hasattr(again, "mixed_precision")  # fastai stripped it by name
+    critic = again.conditional_gan.critic
+    c0 = _snapshot(critic)
+    again.conditional_gan.critic = _Exploding()  # predict must not touch the critic
+    rgb, ab, _ = again.predict(astronaut)
+    assert rgb.shape == (3, 32, 32) and torch.isfinite(ab).all()
+    again.conditional_gan.critic = critic
+    assert all(torch.equal(c0[k], v) for k, v in critic.state_dict().items())
+
+
+class _Exploding(torch.nn.Module):
+    def forward(self, x): raise AssertionError("the critic was used")
+    def to(self, *args, **kwargs): raise AssertionError("the critic was moved")
+
+
+def test_save_generator_from_python_goes_to_colorize(photo_dir, tmp_path, astronaut):
+    from colorgan.artifacts import save_generator
+    from colorgan.cli import main
+    from click.testing import CliRunner
+    dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False, decode_workers=1)
+    learn = gan_learner(dls, build_generator(pretrained=False, width=0.25, img_size=32, out_stride=2),
+                        build_critic(n_filters=8))
+    save_generator(learn.model, tmp_path / "g.pth")
+    net, meta = load_generator(tmp_path / "g.pth")
+    assert meta["build"]["out_stride"] == 2 and meta["size"] == 32
+    assert all(torch.equal(v, learn.model.state_dict()[k]) for k, v in net.state_dict().items())
+    astronaut.save(tmp_path / "in.png")
+    r = CliRunner().invoke(main, ["colorize", str(tmp_path / "g.pth"), str(tmp_path / "in.png"), "--out",
+                                  str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    assert len(list((tmp_path / "out").iterdir())) == 1
 
 
 def test_stage_two_writes_the_generator_its_rule_kept(photo_dir, stage_one, tmp_path):
@@ -238,7 +324,7 @@ def test_stage_two_writes_the_generator_its_rule_kept(photo_dir, stage_one, tmp_
     assert all(torch.equal(best[k], final[k]) for k in best)
     assert (run / "checkpoints/start.json").is_file()
     recipe = (run / "recipe.resolved.toml").read_text()
-    for line in ("[keep]", "max_psnr_drop = 0.5", "ema_decay = 0.99", "moms = [0.5, 0.5, 0.5]"):
+    for line in ("[keep]", "max_psnr_drop = 0.5", "ema_decay = 0.99"):
         assert line in recipe, line
 
 

@@ -53,8 +53,10 @@ def test_luminance_is_kept(colorizer, astronaut):
     lambda im: _as(Image.fromarray((np.asarray(im.convert("L"), dtype=np.uint16) * 257)), "PNG"),
 ])
 def test_input_kinds(colorizer, astronaut, make):
-    out = colorizer(make(astronaut))
+    img = make(astronaut)
+    out = colorizer(img)
     assert out.mode == "RGB" and out.size == astronaut.size
+    assert (pil_to_l(out) - pil_to_l(img)).abs().mean() < 1.0  # the photo's own lightness, whatever its mode
 
 
 class AtTheBounds(torch.nn.Module):
@@ -134,6 +136,8 @@ def test_exif_rotation_is_applied(colorizer, astronaut):
     exif[0x0112] = 6
     out = colorizer(_as(astronaut, "JPEG", exif=exif))
     assert out.size == (astronaut.height, astronaut.width)
+    upright = _as(astronaut, "JPEG").transpose(Image.Transpose.ROTATE_270)  # orientation 6: turned 90 degrees clockwise
+    assert (pil_to_l(out) - pil_to_l(upright)).abs().mean() < 1.0  # turned the right way, not merely resized
 
 
 def test_metrics_agree_with_skimage(astronaut):
@@ -276,3 +280,34 @@ def test_sample_grids_name_their_columns_and_their_epoch():
     header = np.asarray(grid)[:2 * LINE]
     assert (header < 128).any(axis=-1).sum() > 40  # dark text drawn in the two title lines
     assert (np.asarray(grid)[2 * LINE:] == np.asarray(plain)).all()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "emptied", "folder", "bitflip", "swapped"])
+def test_a_damaged_onnx_cache_is_rebuilt_not_trusted(artefact, astronaut, tmp_path, monkeypatch, damage):
+    pytest.importorskip("onnxruntime")
+    import shutil
+    from colorgan.inference import cached_onnx
+    monkeypatch.setenv("COLORGAN_CACHE", str(tmp_path / "cache"))
+    path = cached_onnx(artefact)
+    good = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(good[: len(good) // 2])
+    elif damage == "emptied":
+        path.write_bytes(b"")
+    elif damage == "folder":
+        path.unlink()
+        path.mkdir()
+    elif damage == "bitflip":
+        flipped = bytearray(good)
+        flipped[len(good) // 2] ^= 0xFF
+        path.write_bytes(bytes(flipped))
+    else:  # another model's graph under this model's name
+        other = tmp_path / "other.pth"
+        shutil.copy(artefact, other)
+        with open(other, "ab") as f:
+            f.write(b"\0")  # another file, another hash, the same weights: a graph that loads
+        path.write_bytes(cached_onnx(other).read_bytes()[:-1] + b"\1")
+    colour = Colorizer.from_artifact(artefact, device="cpu", engine="onnxruntime")(astronaut)
+    reference = Colorizer.from_artifact(artefact, device="cpu", engine="torch")(astronaut)
+    assert np.abs(np.asarray(colour, dtype=int) - np.asarray(reference, dtype=int)).max() <= 1
+    assert path.is_file() and path.read_bytes() == good

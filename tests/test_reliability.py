@@ -3,12 +3,16 @@ Data-loss cases check every user file byte for byte; error cases check the exit 
 names the file or value at fault."""
 import hashlib
 import os
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from PIL import Image
 
 from colorgan.cli import main
+from colorgan.recipes import RecipeError
+from colorgan.train import pretrain
+from conftest import TINY_MODEL, tiny_recipe
 
 TINY = ["--set", "data.size=32", "--set", "data.bs=4", "--set", "data.valid_pct=0.25", "--set", "data.augment=false",
         "--set", "fit.n_epoch=1", "--set", "fit.lr_max=1e-3"]
@@ -28,7 +32,8 @@ def snapshot(*folders):
 def one_line_error(result, *names):
     "Exit code 1, no traceback, and a last line that names each of `names`."
     assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     errors = [line for line in result.output.splitlines() if "Error: " in line]
     assert len(errors) == 1, result.output  # stdout (progress bars, the epoch table) and stderr interleave here
     last = errors[0][errors[0].index("Error: "):]
@@ -46,9 +51,11 @@ def stage_one(photo_dir, tmp_path_factory):
 
 def test_stage_two_refuses_to_write_over_the_generator_it_reads(photo_dir, stage_one):
     before = snapshot(stage_one)
-    for extra in ([], ["--overwrite"]):
-        r = run("gan-finetune", photo_dir, "--generator", stage_one, "--out", stage_one, *STAGE_TWO, *extra)
-        one_line_error(r, "holds the generator being read")
+    for generator in (stage_one, stage_one / "checkpoints" / "best.pth", stage_one / "generator.pth"):
+        for out in (stage_one, stage_one.parent):  # any --out that contains the file read, however it is named
+            for extra in ([], ["--overwrite"]):
+                r = run("gan-finetune", photo_dir, "--generator", generator, "--out", out, *STAGE_TWO, *extra)
+                one_line_error(r, "holds the generator being read")
     assert snapshot(stage_one) == before
 
 
@@ -200,12 +207,27 @@ def test_a_loss_that_becomes_nan_stops_the_run_with_a_message_and_no_broken_arte
     assert torch.load(tmp_path / "g" / "checkpoints" / "last.pth", weights_only=False)["epoch"] == 1  # the good one
 
 
+def test_a_validation_loss_that_becomes_nan_stops_the_run_before_anything_is_saved(photo_dir, tmp_path,
+                                                                                   monkeypatch):
+    "A diverged model whose training loss still reads finite: its validation (no gradients) is NaN."
+    import torch
+    from fastai.losses import BaseLoss
+    real = BaseLoss.__call__
+    monkeypatch.setattr(BaseLoss, "__call__", lambda self, *a, **k: real(self, *a, **k) * (
+        float("nan") if not torch.is_grad_enabled() else 1.0))
+    r = run("pretrain", photo_dir, "--out", tmp_path / "g", *STAGE_ONE)
+    one_line_error(r, "validation loss became nan", "epoch 1", "fit.lr_max")
+    assert not (tmp_path / "g" / "generator.pth").exists() and not (tmp_path / "g" / "checkpoints" / "last.pth").exists()
+
+
 def test_artefacts_with_nan_weights_or_wrong_contents_are_refused(model, tmp_path):
     import torch
     blob = torch.load(model, weights_only=True)
     nan = {**blob, "state_dict": {k: v.clone() for k, v in blob["state_dict"].items()}}
     next(v for v in nan["state_dict"].values() if v.is_floating_point()).fill_(float("nan"))
-    cases = {"nan.pth": (nan, "NaN or infinite weights"),
+    broken = {**blob, "state_dict": {k: v.clone() for k, v in blob["state_dict"].items()}}
+    next(v for k, v in broken["state_dict"].items() if k.endswith("running_var")).fill_(-1.0)  # finite, NaN out
+    cases = {"nan.pth": (nan, "NaN or infinite weights"), "nan_out.pth": (broken, "outputs NaN or infinite colour"),
              "no_meta.pth": ({"format": blob["format"], "state_dict": blob["state_dict"]}, "not its contents"),
              "wrong_weights.pth": ({**blob, "state_dict": {"x": torch.zeros(3)}}, "do not fit the network")}
     for name, (content, message) in cases.items():
@@ -283,13 +305,18 @@ def test_written_files_follow_the_umask(tmp_path):
 def test_resume_removes_the_half_written_files_of_a_killed_run(photo_dir, tmp_path):
     out = tmp_path / "g"
     assert run("pretrain", photo_dir, "--out", out, *STAGE_ONE).exit_code == 0
-    stale = [out / "checkpoints" / ".last.pth.k9x2.tmp", out / ".generator.pth.k9x3.tmp"]
+    stale = [out / "checkpoints" / ".last.pth.k9x2.colorgan.tmp", out / ".generator.pth.k9x3.colorgan.tmp"]
     for path in stale:
         path.write_bytes(b"\0" * 1000)  # kill -9 in the middle of a checkpoint write leaves these
-    (out / "my_notes.tmp").write_text("mine: not a colorgan temporary")
+    mine = [out / "my_notes.tmp", out / ".draft.tmp", out / "checkpoints" / ".mine.tmp", out / ".x.pth.abc.tmp"]
+    for path in mine:
+        path.write_text("mine: not a colorgan temporary")
     r = run("pretrain", photo_dir, "--out", out, "--resume", "--set", "fit.n_epoch=2")
     assert r.exit_code == 0, r.output
-    assert not any(p.exists() for p in stale) and (out / "my_notes.tmp").read_text().startswith("mine")
+    assert not any(p.exists() for p in stale) and all(p.read_text().startswith("mine") for p in mine)
+    r = run("pretrain", photo_dir, "--out", out, "--overwrite", *STAGE_ONE)
+    assert r.exit_code == 0, r.output
+    assert all(p.read_text().startswith("mine") for p in mine)  # --overwrite takes only what colorgan wrote
 
 
 def test_training_and_evaluate_count_a_photo_whose_exif_breaks_as_unreadable(photo_dir, monkeypatch):
@@ -313,3 +340,72 @@ def test_export_of_a_model_trained_at_a_size_that_is_not_a_multiple_of_32(tmp_pa
                    generator_meta({"arch": "resnet18", "width": 0.25}, 40, "pretrain", {}))
     r = run("export", tmp_path / "g.pth", "--onnx", tmp_path / "g.onnx")
     assert r.exit_code == 0 and (tmp_path / "g.onnx").is_file(), r.output
+
+
+@pytest.mark.parametrize("minutes", ["nan", "inf", "1e9", "-1"])
+def test_a_budget_that_is_no_number_of_minutes_is_refused_before_anything_is_written(photo_dir, tmp_path, minutes):
+    out = tmp_path / "g"
+    r = run("pretrain", photo_dir, "--out", out, *STAGE_ONE, "--minutes", minutes)
+    assert r.exit_code == 2 and "--minutes" in r.output and "Traceback" not in r.output, r.output
+    assert not out.exists()
+    with pytest.raises(RecipeError, match="--minutes"):
+        pretrain(photo_dir, out, recipe=tiny_recipe(model=TINY_MODEL), minutes=float(minutes))
+    assert not out.exists()
+
+
+def test_serve_refuses_a_request_limit_that_is_no_number(tmp_path):
+    r = run("serve", tmp_path, "--max-mb", "nan")
+    assert r.exit_code == 2 and "--max-mb" in r.output and "Traceback" not in r.output, r.output
+
+
+@pytest.mark.parametrize("command, module, extra", [("serve", "fastapi", "serve"), ("export", "onnx", "onnx")])
+def test_a_missing_extra_is_named(artefact, tmp_path, monkeypatch, command, module, extra):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == module else real(name, *a))
+    args = [command, artefact] + (["--onnx", tmp_path / "g.onnx"] if command == "export" else [])
+    one_line_error(run(*args), f"colorgan[{extra}]")
+    assert not (tmp_path / "g.onnx").exists()
+
+
+def test_a_disk_that_truncates_silently_leaves_no_short_photo(model, tmp_path, monkeypatch):
+    "A full disk that loses the tail of a write without an error: nothing under the final name, so a rerun writes it."
+    import colorgan.utils
+    real = colorgan.utils.os.fsync
+    monkeypatch.setattr(colorgan.utils.os, "fsync", lambda fd: os.ftruncate(fd, 100))
+    src = _photo(tmp_path / "in" / "a.jpg")
+    r = run("colorize", model, src, "--out", tmp_path / "out")
+    assert r.exit_code != 0 and "full" in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "out" / "a.jpg").exists() and not list((tmp_path / "out").glob(".*.tmp"))
+    monkeypatch.setattr(colorgan.utils.os, "fsync", real)
+    assert run("colorize", model, src, "--out", tmp_path / "out").exit_code == 0
+    assert Image.open(tmp_path / "out" / "a.jpg").size == (40, 30)
+
+
+def _unusable(tmp_path, kind):
+    "A folder path nothing can be written to: under a file, or in a read-only place (a mount that takes no files)."
+    if kind == "under_a_file":
+        (tmp_path / "file").write_text("mine")
+        return tmp_path / "file" / "out"
+    return Path("/proc/colorgan-out")
+
+
+@pytest.mark.parametrize("kind", ["under_a_file", "proc"])
+def test_every_command_that_writes_refuses_an_unusable_out_first(photo_dir, model, tmp_path, kind):
+    out = _unusable(tmp_path, kind)
+    one_line_error(run("colorize", model, _photo(tmp_path / "in" / "a.png"), "--out", out), str(out))
+    one_line_error(run("export", model, "--onnx", out / "g.onnx"), "--onnx")
+    one_line_error(run("pretrain", photo_dir, "--out", out, *STAGE_ONE), "--out")
+    one_line_error(run("gan-finetune", photo_dir, "--generator", model, "--out", out, *STAGE_TWO), "--out")
+    one_line_error(run("evaluate", model, photo_dir, "--out", out), "--out")
+    if kind == "under_a_file":
+        assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_an_unusable_tensorboard_folder_is_refused_before_the_run_starts(photo_dir, tmp_path):
+    out = tmp_path / "g"
+    out.mkdir()
+    (out / "tensorboard").write_text("a file where the log folder goes")
+    r = run("pretrain", photo_dir, "--out", out, *STAGE_ONE, "--tensorboard")
+    one_line_error(r, "TensorBoard folder")
+    assert sorted(p.name for p in out.iterdir()) == ["tensorboard"]  # no run was started

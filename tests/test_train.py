@@ -93,11 +93,11 @@ def test_overwrite_removes_only_what_a_run_wrote(photo_dir, tmp_path):
     for path, text in mine.items():
         path.write_text(text)
     (run / "samples" / "epoch_009.png").write_bytes(b"a grid of an older run")
-    (run / "checkpoints" / ".last.pth.x1y2.tmp").write_bytes(b"a write killed half way")
+    (run / "checkpoints" / ".last.pth.x1y2.colorgan.tmp").write_bytes(b"a write killed half way")
     stamp = (run / "generator.pth").stat().st_mtime_ns
     pretrain(photo_dir, run, recipe=recipe, overwrite=True)
     assert all(path.read_text() == text for path, text in mine.items())
-    assert not (run / "samples" / "epoch_009.png").exists() and not list(run.rglob(".*.tmp"))
+    assert not (run / "samples" / "epoch_009.png").exists() and not list(run.rglob(".*.colorgan.tmp"))
     assert (run / "generator.pth").stat().st_mtime_ns != stamp and (run / "samples" / "epoch_001.png").is_file()
 
 
@@ -255,3 +255,44 @@ def test_tensorboard_missing_is_a_clear_message(monkeypatch):
     with pytest.raises(ColorganError, match=r"pip install 'colorgan\[tensorboard\]'"):
         tensorboard_callback(True)
     assert tensorboard_callback(False) == []
+
+
+class _BodyWatch:
+    "The body's and the decoder's weights after every training step of a fit."
+    def __init__(self): self.steps = []
+
+    def callback(self):
+        from fastai.callback.core import Callback
+        watch = self
+
+        class Watch(Callback):
+            def after_step(self):
+                watch.steps.append((_conv_weights(self.model[0]), _conv_weights(self.model.layers[-3])))
+        return Watch()
+
+
+def _conv_weights(module):
+    return [p.detach().clone() for n, p in module.named_parameters() if p.ndim == 4]
+
+
+@pytest.mark.parametrize("freeze_pct", [0.5, 1.0])
+def test_the_body_is_frozen_for_its_share_of_the_schedule(photo_dir, freeze_pct):
+    from colorgan.learner import fit_pretrain
+    dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False, epoch_batches=4, decode_workers=1)
+    learn = pretrain_learner(dls, pretrained=False, width=0.25)
+    body0 = _conv_weights(learn.model[0])
+    watch = _BodyWatch()
+    fit_pretrain(learn, 2, lr_max=1e-2, freeze_pct=freeze_pct, cbs=[watch.callback()])
+    frozen = round(8 * freeze_pct)
+    moved = [not all(torch.equal(a, b) for a, b in zip(body0, body)) for body, _ in watch.steps]
+    assert moved == [False] * frozen + [True] * (8 - frozen)
+    assert all(p.requires_grad for p in learn.model.parameters())  # thawed after the fit
+
+
+def test_lr_mult_gives_the_body_a_lower_learning_rate(photo_dir):
+    from colorgan.learner import fit_pretrain
+    dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False, epoch_batches=2, decode_workers=1)
+    learn = pretrain_learner(dls, pretrained=False, width=0.25)
+    fit_pretrain(learn, 1, lr_max=1e-2, lr_mult=100)
+    body, decoder = (h["lr"] for h in learn.opt.hypers)
+    assert decoder == pytest.approx(100 * body)

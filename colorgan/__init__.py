@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "pretrain": "train", "gan_finetune": "train", "pretrain_learner": "learner", "gan_learner": "gan",
     "photo_dls": "data", "build_generator": "models", "build_critic": "models", "load_generator": "artifacts",
+    "save_generator": "artifacts",
     "Colorizer": "inference",
 }
 

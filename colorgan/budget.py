@@ -79,19 +79,33 @@ class _Probe(Callback):
                 raise CancelFitException
 
 
-def measure(learn) -> tuple[float, float, float]:
-    """(seconds per training batch, per validation pass, per checkpoint write) of this Learner as it will train:
-    a few real steps (its callbacks included: the critic's steps in stage two) at a learning rate of 0, after
-    which the model's, optimizer's and callbacks' state is put back as it was."""
-    saved = _snapshot(learn)
+def _step_s(learn, saved: dict, frozen_body: bool) -> float:
+    "Seconds per training batch: a few real steps at a learning rate of 0, with the body frozen or not."
     learn.budget_probe = probe = _Probe(PROBE_BATCHES)
+    body = list(learn.splitter(_unwrap(learn.model))[0]) if frozen_body else []  # group 0: the encoder
+    trainable = [p.requires_grad for p in body]
     try:
+        for p in body:
+            p.requires_grad_(False)
         with learn.no_bar(), learn.no_logging():
             learn.fit(1, lr=0.0, cbs=[probe])
     finally:
+        for p, t in zip(body, trainable):
+            p.requires_grad_(t)
         del learn.budget_probe
         _restore(learn, saved)
-    step_s = min(probe.times[2:] or probe.times)  # steady state: the first batches warm kernels and caches up
+    return min(probe.times[2:] or probe.times)  # steady state: the first batches warm kernels and caches up
+
+
+def measure(learn, freeze_pct: float = 0.0) -> tuple[float, float, float]:
+    """(seconds per training batch, per validation pass, per checkpoint write) of this Learner as it will train:
+    a few real steps (its callbacks included: the critic's steps in stage two) at a learning rate of 0, after
+    which the model's, optimizer's and callbacks' state is put back as it was. With the body frozen for
+    `freeze_pct` of the schedule (`FreezeBody`), steps are timed both ways and weighed by it."""
+    saved = _snapshot(learn)
+    step_s = _step_s(learn, saved, False) if freeze_pct < 1 else 0.0
+    if freeze_pct:
+        step_s = (1 - freeze_pct) * step_s + freeze_pct * _step_s(learn, saved, True)
     start = clock()
     with learn.no_bar():
         learn.validate()
@@ -119,12 +133,12 @@ def _restore(learn, saved: dict) -> None:
             cb.load_checkpoint_state(saved["callbacks"])
 
 
-def fit_to_budget(learn, minutes: float, started: float) -> Plan:
+def fit_to_budget(learn, minutes: float, started: float, freeze_pct: float = 0.0) -> Plan:
     """Measure on every rank (validation all-reduces its metrics and stage two puts the critic in DDP: collectives
     that every rank must join), plan what is left of `minutes` since `started` (a `clock()` reading) from rank 0's
     measurements, and give every rank that plan; the training loader gets its epoch length."""
     natural = max(1, len(learn.dls.train.dataset) // learn.dls.train.bs)
-    measured = measure(learn)
+    measured = measure(learn, freeze_pct)
     plan = plan_budget(minutes, *measured, natural_batches=natural, spent_s=clock() - started,
                        epoch_batches=learn.dls.train.epoch_batches)
     plan = Plan(**broadcast_object(asdict(plan)))

@@ -36,7 +36,8 @@ GAN_LR, GAN_MOMS = 2e-4, (0.5, 0.5, 0.5)
 class ConditionalGAN(Callback):
     """Each training batch: the generator's loss becomes `lambda_l1` * L1 + adversarial term for critic(L, pred);
     after the generator's step the critic steps on (L, pred.detach()) against (L, ab) with its own optimizer.
-    `warmup` batches train the critic alone first; the critic steps `critic_steps` times every `critic_every`
+    `warmup` batches train the critic alone first (they hold the generator's one-cycle schedule where it is and are
+    left out of its training loss); the critic steps `critic_steps` times every `critic_every`
     batches; `label_smoothing` lowers the real target; `adv_loss` is 'vanilla' (pix2pix), 'lsgan' or 'hinge'."""
     order = MixedPrecision.order + 1  # after (Device)MixedPrecision has closed the generator's autocast
 
@@ -49,6 +50,7 @@ class ConditionalGAN(Callback):
         self.adv_loss, self.lambda_l1, self.critic_lr, self.betas = adv_loss, lambda_l1, critic_lr, tuple(betas)
         self.warmup, self.critic_steps, self.critic_every = warmup, critic_steps, critic_every
         self.label_smoothing, self.critic_opt, self.critic_scaler, self.n_batches = label_smoothing, None, None, 0
+        self.warming = False  # this batch trains the critic alone
         self.sums = dict.fromkeys(GAN_LOG, 0.0)
         self.counts = dict.fromkeys(GAN_LOG, 0)
 
@@ -71,8 +73,19 @@ class ConditionalGAN(Callback):
         if self.training: self._generator_loss()
     def after_backward(self): self.critic.requires_grad_(True)  # frozen only while the generator's loss flows back
     def after_step(self): self._maybe_critic_step()
+    def after_cancel_batch(self):
+        if self.warming:  # the generator did not step: its loss is not the epoch's (the Recorder skips a batch
+            self.learn.yb = ()  # without targets)
+
     def after_batch(self):
-        if self.training: self.n_batches += 1
+        "A warm-up batch counts for the critic only: the one-cycle schedule (TrainEvalCallback, order -10) waits."
+        if not self.training:
+            return
+        self.n_batches += 1
+        if self.warming:
+            self.learn.pct_train -= 1 / (self.n_iter * self.n_epoch)
+            self.learn.train_iter -= 1
+            self.warming = False
 
     # -- the two nets' losses --------------------------------------------------------------------------------
     def _setup(self):
@@ -103,6 +116,7 @@ class ConditionalGAN(Callback):
         self._log("loss_G_L1", self.loss)
         if self.n_batches < self.warmup and not self.probing:  # critic alone: the generator is left untouched
             self._critic_step()
+            self.warming = True
             raise CancelBatchException()
         self.critic.requires_grad_(False)
         adv = generator_loss(self.adv_loss, self._judge(self.pred, _unwrap(self.critic)))  # no DDP sync: D is fixed

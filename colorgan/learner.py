@@ -23,7 +23,8 @@ from .losses import ColourClassLoss, RebalancedL1, colour_prior, rebalance_weigh
 from .metrics import TintGain, colorfulness_metric, false_color_metric, psnr_metric, wrong_hue_metric
 from .models import body_head_split, build_generator, class_head
 
-__all__ = ["pretrain_learner", "fit_pretrain", "FreezeBody", "AdamW", "DeviceMixedPrecision", "UsePolicy", "compile_model", "adamw"]
+__all__ = ["pretrain_learner", "fit_pretrain", "FreezeBody", "AdamW", "DeviceMixedPrecision", "UsePolicy",
+           "compile_model", "adamw"]
 
 
 class AdamW(torch.optim.AdamW):
@@ -143,8 +144,8 @@ def pretrain_learner(dls: DataLoaders, model: torch.nn.Module | None = None, wd:
     head = class_head(model) if loss in ("auto", "classes") else None
     if loss == "classes" and head is None:
         raise ValueError("loss 'classes' needs a generator with a class head (build_generator(head='classes'))")
-    learn = Learner(dls, compile_model(model, compile) if compile else model, loss_func=colour_loss(dls, rebalance, head),
-                    opt_func=adamw(policy.fused_adam), wd=wd, splitter=body_head_split,
+    learn = Learner(dls, compile_model(model, compile) if compile else model,
+                    loss_func=colour_loss(dls, rebalance, head), opt_func=adamw(policy.fused_adam), wd=wd, splitter=body_head_split,
                     metrics=[*metrics, psnr_metric(), colorfulness_metric(), colorfulness_metric("real"),
                              false_color_metric(), wrong_hue_metric(), TintGain()],
                     path=path, cbs=cbs)
@@ -198,7 +199,7 @@ def fit_pretrain(learn: Learner, n_epoch: int | None = None, minutes: float | No
     if minutes is not None:
         if n_epoch is not None:
             raise ValueError(f"give n_epoch ({n_epoch}) or minutes ({minutes:g}), not both")
-        plan = fit_to_budget(learn, minutes, clock())
+        plan = fit_to_budget(learn, minutes, clock(), freeze_pct)
         n_epoch, cbs = plan.n_epoch, [*cbs, BudgetClock(plan)]
     if lr_mult != 1 and not isinstance(lr_max, (list, tuple, slice)):
         top = learn.lr if lr_max is None else lr_max

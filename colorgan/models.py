@@ -136,6 +136,8 @@ class AnnealedMean(nn.Module):
         self.temperature, self.logits = temperature, None
         self.register_buffer("centres", ab_cell_centres(), persistent=False)
 
+    def __getstate__(self) -> dict: return {**self.__dict__, "logits": None}  # a pickled Learner carries no batch
+
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         self.logits = logits
         p = torch.softmax(logits.float() / self.temperature, 1)

@@ -215,7 +215,7 @@ def _budget(learn: Learner, run: Path, recipe: dict, resume: bool, started: floa
         return []
     if resume and (run / BUDGET).is_file():
         return [BudgetClock(Plan(**json.loads((run / BUDGET).read_text())), resumed=True)]
-    plan = fit_to_budget(learn, minutes, started)
+    plan = fit_to_budget(learn, minutes, started, recipe["fit"].get("freeze_pct") or 0.0)
     recipe["fit"]["n_epoch"], recipe["data"]["epoch_batches"] = plan.n_epoch, plan.epoch_batches
     write_recipe(run, recipe)
     if is_main_process():
@@ -271,8 +271,9 @@ def _warn_if_one_tint(record: dict, who: str) -> None:
         log.warning(f"{who} colours the validation photos only {gain:.1%} better than one tint for all of them "
                     f"(tint_gain, under {ONE_TINT:.0%}): it has not learned which colour goes where, and stage two "
                     f"turns that tint into patches of the wrong colour (docs/gan.md). Train stage one longer or on "
-                    f"more photos, or start it from ImageNet weights (--weights PATH, or model.pretrained = true "
-                    f"where the hub can be reached)")
+                    f"more photos like the ones to colorize; from scratch, start it from ImageNet weights "
+                    f"(model.arch = \"tf_efficientnet_lite0\" with model.pretrained = true needs no hub: "
+                    f"recipes/cpu.toml; --weights PATH for other archs)")
 
 
 def pretrain(data: str | os.PathLike, out: str | os.PathLike, recipe=None, overrides=(), resume: bool = False,

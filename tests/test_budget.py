@@ -170,3 +170,27 @@ def test_a_resumed_clock_counts_only_what_it_adds(monkeypatch):
     fresh, resumed = BudgetClock(plan), BudgetClock(plan, resumed=True)
     fresh.before_fit(), resumed.before_fit()
     assert fresh.start == 880.0 and resumed.start == 1000.0
+
+
+def test_a_frozen_body_is_timed_frozen_and_weighed_by_its_share(photo_dir, monkeypatch):
+    "fit.freeze_pct: the plan's step time is the frozen and the trained body's, weighed by the schedule's shares."
+    from colorgan.data import photo_dls
+    from colorgan.learner import pretrain_learner
+    dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False, epoch_batches=1)
+    learn = pretrain_learner(dls, pretrained=False, width=0.25)
+    seen, real = [], colorgan.budget._step_s
+
+    def timed(learn, saved, frozen_body):
+        real(learn, saved, frozen_body)
+        seen.append(frozen_body)
+        return 1.0 if frozen_body else 3.0
+    monkeypatch.setattr(colorgan.budget, "_step_s", timed)
+    body = list(learn.splitter(learn.model)[0])
+    frozen_during = []
+    monkeypatch.setattr(colorgan.budget._Probe, "before_batch", lambda self: frozen_during.append(
+        not any(p.requires_grad for p in body)) or setattr(self, "start", colorgan.budget.clock()))
+    assert colorgan.budget.measure(learn, 0.25)[0] == pytest.approx(0.25 * 1.0 + 0.75 * 3.0)
+    assert seen == [False, True] and True in frozen_during and False in frozen_during
+    assert all(p.requires_grad for p in learn.model.parameters())  # thawed again
+    seen.clear()
+    assert colorgan.budget.measure(learn, 1.0)[0] == pytest.approx(1.0) and seen == [True]

@@ -179,3 +179,18 @@ def test_gan_stage_in_bf16_interrupted_and_resumed(photo_dir, tmp_path):
     learn = gan_finetune(photo_dir, stage_one, run, resume=True)
     assert learn.policy.precision == "bf16" and learn.conditional_gan.amp_dtype == torch.bfloat16
     assert [row.split(",")[0] for row in (run / "history.csv").read_text().splitlines()[1:]] == ["0", "1"]
+
+
+@pytest.mark.parametrize("named, distributed, recorded", [(None, True, "cuda"), (None, False, "cuda"),
+                                                          ("cuda:1", False, "cuda:1"), ("cuda:1", True, "cuda")])
+def test_a_resumed_rank_takes_its_own_gpu(tmp_path, monkeypatch, named, distributed, recorded):
+    "The resolved recipe records the device type, never rank 0's index: on --resume each rank takes its own GPU."
+    from types import SimpleNamespace
+    import colorgan.train
+    from colorgan.device import DevicePolicy
+    monkeypatch.setattr(colorgan.train, "is_distributed", lambda: distributed)
+    learn = SimpleNamespace(policy=DevicePolicy("cuda:0" if named is None else named, "bf16", True, True, False))
+    recipe = {"data": {"device": named}, "learner": {}}
+    colorgan.train._record_policy(learn, tmp_path, recipe)
+    assert recipe["data"]["device"] == recorded
+    assert f'device = "{recorded}"' in (tmp_path / "recipe.resolved.toml").read_text()

@@ -361,3 +361,18 @@ def test_gan_learner_shows_every_option_and_its_loss_columns_are_value_metrics(l
     assert [m.name for m in columns] == list(GAN_LOG)
     learn.fit(1, 1e-4)
     assert all(math.isfinite(m.value) for m in columns)
+
+
+def test_warm_up_batches_hold_the_schedule_and_stay_out_of_the_training_loss(photo_dir):
+    "The critic alone for 3 batches: the generator's first step gets the schedule's first learning rate."
+    dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False, epoch_batches=6, decode_workers=1)
+    learn = gan_learner(dls, build_generator(pretrained=False, width=0.25, img_size=32), build_critic(n_filters=8),
+                        warmup=3)
+    learn.fit_one_cycle(2)
+    lrs = learn.recorder.hps["lr"]
+    assert len(lrs) == 12 and lrs[0] == lrs[1] == lrs[2] == lrs[3]  # 3 warm-up batches, then the first step
+    assert lrs[4] > lrs[3]  # and on from there
+    assert len(learn.recorder.losses) == 12 - 3  # the smoothed training loss counts the generator's batches only
+    plain = gan_learner(dls, build_generator(pretrained=False, width=0.25, img_size=32), build_critic(n_filters=8))
+    plain.fit_one_cycle(2)
+    assert lrs[6:] == pytest.approx(plain.recorder.hps["lr"][6:])  # the second epoch follows the schedule as planned

@@ -21,12 +21,18 @@ def recording_forward(self, x):
 
 
 torch.nn.Conv2d.forward = recording_forward
-budget = len(sys.argv) > 3 and sys.argv[3] == "budget"  # --minutes with bf16: every rank times, one plan
+mode = sys.argv[3] if len(sys.argv) > 3 else "plain"
+budget = mode == "budget"  # --minutes with bf16: every rank times, one plan
+resume = mode == "resume"  # one epoch, then --resume to the second, from the recorded device
 tiny = {"data": {"size": 32, "bs": 4, "valid_pct": 0.25, "augment": True},
-        "fit": {"minutes": 0.3} if budget else {"n_epoch": 2, "lr_max": 1e-3},
+        "fit": {"minutes": 0.3} if budget else {"n_epoch": 1 if resume else 2, "lr_max": 1e-3},
         "learner": {"precision": "bf16" if budget else "fp32"}}
 learn = pretrain(photos, out / "g", recipe={**tiny, "model": {"pretrained": False, "width": 0.25}})
+if resume:
+    learn = pretrain(photos, out / "g", resume=True, overrides=["fit.n_epoch=2"])
 gan = gan_finetune(photos, out / "g", out / "gan", recipe={**tiny, "critic": {"n_filters": 8}})
+if resume:
+    gan = gan_finetune(photos, out / "g", out / "gan", resume=True, overrides=["fit.n_epoch=2"])
 rank = dist.get_rank()
 for stage, run in (("g", learn), ("gan", gan)):
     (out / f"plan.{stage}.rank{rank}.txt").write_text(f"{run.n_epoch} x {run.dls.train.epoch_batches}")

@@ -24,14 +24,15 @@ def _tool(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher", LAUNCHERS)
-def test_two_gloo_ranks_train_both_stages_identically(photo_dir, tmp_path, launcher):
+@pytest.mark.parametrize("launcher, mode", [("torchrun", "plain"), ("accelerate", "plain"), ("torchrun", "resume")])
+def test_two_gloo_ranks_train_both_stages_identically(photo_dir, tmp_path, launcher, mode):
+    "resume: one epoch, then both ranks --resume to the second from the resolved recipe's device (a type, no index)."
     command = LAUNCHERS[launcher]
     if not Path(_tool(command[0])).exists():
         pytest.skip(f"{command[0]} is not installed")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     r = subprocess.run([_tool(command[0]), *command[1:], str(HERE / "distributed_worker.py"), str(photo_dir),
-                        str(tmp_path)], env=env, capture_output=True, text=True, timeout=900)
+                        str(tmp_path), mode], env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     for name in ("generator", "critic"):
         digests = {(tmp_path / f"{name}.rank{k}.sha256").read_text() for k in (0, 1)}

@@ -103,16 +103,19 @@ ENGINE = click.option("--engine", type=click.Choice(["auto", "torch", "onnxrunti
 @click.option("--compare", is_flag=True, help="Also write NAME_compare (gray | colour) beside each output.")
 @click.option("--saturation", type=click.FloatRange(0, 4),
               help="Scale the predicted colour (default 1: as trained; above 1 more vivid, 0 the photo's own gray).")
-@click.option("--bs", type=click.IntRange(min=1), help="Photos per network call (default 8).")
+@click.option("--bs", type=click.IntRange(min=1), help="Photos (or film frames) per network call (default 8).")
+@click.option("--temporal", type=_Finite(0, 0.99), help="Films: how strongly a frame's colour follows the frames "
+              "before it in the same scene (default 0.6; 0: every frame alone). Needs the video extra.")
 @click.option("--device", help="cpu, cuda or cuda:N (default: the GPU when there is one).")
 @ENGINE
-def colorize(model, inputs, out, render_size, overwrite, compare, saturation, bs, device, engine):
-    """Colorize photos at full resolution. MODEL is a run folder or generator.pth; INPUTS are files, folders
-    (recursive) and globs; outputs mirror the inputs under --out. Exit code 1 if any photo failed."""
+def colorize(model, inputs, out, render_size, overwrite, compare, saturation, bs, temporal, device, engine):
+    """Colorize photos and films at full resolution. MODEL is a run folder or generator.pth; INPUTS are files,
+    folders (recursive) and globs; outputs mirror the inputs under --out; a film (mp4, mov, mkv, webm, avi) keeps
+    its size, frame rate and sound. Exit code 1 if any input failed."""
     from .colorize import colorize_paths
     from .inference import Colorizer
     colorizer = Colorizer.from_artifact(model, render_size, device, **given(saturation=saturation, engine=engine))
-    result = colorize_paths(colorizer, inputs, out, overwrite, compare, **given(bs=bs))
+    result = colorize_paths(colorizer, inputs, out, overwrite, compare, **given(bs=bs, temporal=temporal))
     for src, why in result.failed:
         click.echo(f"failed: {src}: {why}", err=True)
     click.echo(f"{len(result.written)} colorized, {len(result.skipped)} kept, {len(result.failed)} failed -> {out}")

@@ -1,7 +1,8 @@
 """`colorgan colorize`: files, folders and globs in, full-resolution colour photos out, mirrored under one folder.
 
 An input is never overwritten, existing outputs are kept unless `overwrite`, and a file that cannot be read gets
-a one-line error while the others go on; the caller sees how many failed.
+a one-line error while the others go on; the caller sees how many failed. A film named as a file (by its suffix:
+`colorgan.video.VIDEO_SUFFIXES`) is colorized as a film into `out/NAME` (`colorgan.video`).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from PIL import Image
 from .inference import Colorizer
 from .photos import IMAGE_EXTENSIONS, exif_upright, find_photos
 from .utils import ColorganError, atomic_write_bytes, check_writable, log
+from .video import colorize_video, is_video
 
 __all__ = ["colorize_paths", "expand_inputs", "Outcome"]
 
@@ -91,11 +93,16 @@ def _side_by_side(colorizer: Colorizer, src: Image.Image, colour: Image.Image) -
 
 
 def colorize_paths(colorizer: Colorizer, inputs, out: str | os.PathLike, overwrite: bool = False,
-                   compare: bool = False, bs: int = 8) -> Outcome:
-    "Colorize every photo that `inputs` name into `out`, mirroring their paths; see the module's doc."
+                   compare: bool = False, bs: int = 8, temporal: float = 0.6) -> Outcome:
+    """Colorize every photo that `inputs` name into `out`, mirroring their paths, and every film (`temporal`: its
+    smoothing strength); see the module's doc."""
     out, outcome = Path(out), Outcome()
     check_writable(out)
-    pairs = expand_inputs(inputs, outcome)
+    films = [Path(i) for i in inputs if is_video(i) and Path(i).is_file()]
+    inputs = [i for i in inputs if Path(i) not in films]
+    for film in films:
+        _colorize_film(colorizer, film, out / film.name, overwrite, temporal, bs, outcome)
+    pairs = expand_inputs(inputs, outcome) if inputs else []
     sources, claimed, todo = {p.resolve() for p, _ in pairs}, {(out / rel).resolve() for _, rel in pairs}, []
     for src, rel in pairs:
         dest = out / rel
@@ -114,6 +121,22 @@ def colorize_paths(colorizer: Colorizer, inputs, out: str | os.PathLike, overwri
         log.info(f"kept {len(outcome.skipped)} existing output(s); --overwrite replaces them")
     _run_chunks(colorizer, [todo[i:i + bs] for i in range(0, len(todo), bs)], outcome)
     return outcome
+
+
+def _colorize_film(colorizer: Colorizer, src: Path, dest: Path, overwrite: bool, temporal: float, bs: int,
+                   outcome: Outcome) -> None:
+    "One film, or its one-line failure; never over its source, nor over an output that exists unless `overwrite`."
+    if dest.resolve() == src.resolve():
+        outcome.failed.append((str(src), f"refusing to overwrite an input with {dest}"))
+    elif dest.exists() and not overwrite:
+        outcome.skipped.append(dest)
+    else:
+        try:
+            colorize_video(colorizer, src, dest, temporal=temporal, bs=bs)
+            outcome.written.append(dest)
+        except ColorganError as e:
+            outcome.failed.append((str(src), str(e)))
+            log.error(f"{src}: {e}; going on with the others")
 
 
 def _run_chunks(colorizer: Colorizer, chunks: list, outcome: Outcome) -> None:

@@ -139,11 +139,18 @@ class Colorizer:
         return pil_to_l(img)
 
     @torch.inference_mode()
+    def render_l(self, l: torch.Tensor) -> torch.Tensor:
+        "A full-res L map (1,1,H,W) -> the network's input: L at the render size (`render_shape`)."
+        return F.interpolate(l, size=render_shape(*l.shape[-2:], self.render_size), mode="bilinear", antialias=True,
+                             align_corners=False)
+
     def predict_ab(self, lightness: list[torch.Tensor]) -> list[torch.Tensor]:
         """Full-res L maps -> low-res ab maps (CIELAB units, as the model predicts them: no saturation), photos of
         the same render shape batched together."""
-        small = [F.interpolate(l, size=render_shape(*l.shape[-2:], self.render_size), mode="bilinear",
-                               antialias=True, align_corners=False) for l in lightness]
+        return self.predict_small([self.render_l(l) for l in lightness])
+
+    def predict_small(self, small: list[torch.Tensor]) -> list[torch.Tensor]:
+        "Render-size L maps -> their ab, those of the same shape in one batch."
         out: list[torch.Tensor | None] = [None] * len(small)
         for shape in {s.shape[-2:] for s in small}:
             idx = [i for i, s in enumerate(small) if s.shape[-2:] == shape]
@@ -178,6 +185,12 @@ class Colorizer:
             rgb = lab_to_rgb(torch.cat([l[..., top:top + rows, :], ab], 1))
             out[top:top + rows] = (rgb[0].permute(1, 2, 0) * 255 + 0.5).to(torch.uint8).numpy()
         return out
+
+    def colorize_video(self, src: str | os.PathLike, dst: str | os.PathLike, temporal: float = 0.6, bs: int = 8,
+                       progress: bool = True) -> dict:
+        "A film in, the same film in colour out, flicker smoothed (`colorgan.video.colorize_video`)."
+        from .video import colorize_video
+        return colorize_video(self, src, dst, temporal=temporal, bs=bs, progress=progress)
 
     def colorize(self, images: list[Image.Image]) -> list[Image.Image]:
         "Colorize several photos; those of the same render shape share one network call."

@@ -82,3 +82,13 @@ def test_colour_by_region_names_each_region_and_the_wrong_pixels(photo_dir, arte
     pred = torch.tensor([50.0, 10.0, 20.0]).view(1, 3, 1, 1).repeat(1, 1, 2, 2)
     means = module.region_means(pred, real)
     assert means["green"] == pytest.approx((10, 20, -30, 30)) and means["blue"] == pytest.approx((10, 20, 0, -30))
+
+
+@pytest.mark.slow
+def test_video_benchmark_prints_frames_per_second_and_flicker(artefact):
+    pytest.importorskip("av")
+    r = subprocess.run([sys.executable, str(BENCH / "video.py"), str(artefact), "--frames", "4", "--engine", "torch"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [line for line in r.stdout.splitlines() if line.startswith("| 480p") or line.startswith("| 1080p")]
+    assert len(rows) == 4 and all(float(row.split("|")[3]) > 0 for row in rows)

@@ -20,7 +20,7 @@ def make_film(path, scenes=("astronaut", "coffee"), n=N, cut_at=CUT_AT, audio=Tr
     out = av.open(str(path), "w")
     video = out.add_stream("libx264", rate=FPS)
     video.width, video.height, video.pix_fmt, video.options = *SIZE, "yuv420p", {"crf": "10"}
-    frames = [np.asarray(Image.fromarray(getattr(skimage.data, s)()).resize(SIZE)) for s in scenes]
+    frames = [np.asarray(Image.fromarray(getattr(skimage.data, s)()).convert("RGB").resize(SIZE)) for s in scenes]
     for i in range(n):
         frame = av.VideoFrame.from_ndarray(frames[0] if i < cut_at else frames[-1], format="rgb24")
         frame.pts = i
@@ -145,3 +145,14 @@ def test_a_film_is_written_whole_or_not_at_all(artefact, film, tmp_path, monkeyp
         Colorizer.from_artifact(artefact, device="cpu", engine="torch").colorize_video(film, tmp_path / "o.mp4",
                                                                                        bs=4, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_gray_film_comes_out_in_colour(artefact, tmp_path):
+    from colorgan.metrics import colorfulness
+    gray = make_film(tmp_path / "gray.mp4", scenes=("camera",), n=6, cut_at=6, audio=False)  # skimage's gray photo
+    out = tmp_path / "colour.mkv"
+    Colorizer.from_artifact(artefact, device="cpu", engine="torch").colorize_video(gray, out, progress=False)
+    src, got = decoded(gray)[0], decoded(out)[0]
+    assert len(got) == 6 and got[0].shape == src[0].shape
+    assert colorfulness(torch.from_numpy(got[0]).permute(2, 0, 1)[None] / 255.0) > 1  # colour where there was none
+    assert (lab(src[0])[0] - lab(got[0])[0]).abs().mean() < 1.5

@@ -92,3 +92,12 @@ def test_video_benchmark_prints_frames_per_second_and_flicker(artefact):
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [line for line in r.stdout.splitlines() if line.startswith("| 480p") or line.startswith("| 1080p")]
     assert len(rows) == 4 and all(float(row.split("|")[3]) > 0 for row in rows)
+
+
+@pytest.mark.slow
+def test_imagenet_features_prints_its_probe(photo_dir):
+    r = subprocess.run([sys.executable, str(BENCH / "imagenet_features.py"), str(photo_dir), "--probe-photos", "8"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    probes = [line for line in r.stdout.splitlines() if line.startswith("| probe:")]
+    assert len(probes) == 3 and all(line.rstrip(" |").endswith("%") for line in probes)

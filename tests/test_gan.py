@@ -376,3 +376,15 @@ def test_warm_up_batches_hold_the_schedule_and_stay_out_of_the_training_loss(pho
     plain = gan_learner(dls, build_generator(pretrained=False, width=0.25, img_size=32), build_critic(n_filters=8))
     plain.fit_one_cycle(2)
     assert lrs[6:] == pytest.approx(plain.recorder.hps["lr"][6:])  # the second epoch follows the schedule as planned
+
+
+def test_the_critic_follows_the_data_not_a_gpu_policy(photo_dir):
+    "A stage-two Learner whose policy says GPU (bf16 CUDA), handed CPU data: the critic trains on the CPU, in fp32."
+    from colorgan.device import DevicePolicy
+    dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False, epoch_batches=1, decode_workers=1)
+    learn = gan_learner(dls, build_generator(pretrained=False, width=0.25, img_size=32), build_critic(n_filters=8))
+    learn.policy = DevicePolicy("cuda:0", "bf16", False, False, False)
+    gan = learn.conditional_gan
+    gan._setup()
+    assert next(gan.critic.parameters()).device.type == "cpu"
+    assert gan.device_type == "cpu" and gan.amp_dtype is None

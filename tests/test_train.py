@@ -275,9 +275,13 @@ def _conv_weights(module):
     return [p.detach().clone() for n, p in module.named_parameters() if p.ndim == 4]
 
 
+@pytest.mark.parametrize("by_lr", [False, True], ids=["requires_grad", "ddp_lr_0"])
 @pytest.mark.parametrize("freeze_pct", [0.5, 1.0])
-def test_the_body_is_frozen_for_its_share_of_the_schedule(photo_dir, freeze_pct):
+def test_the_body_is_frozen_for_its_share_of_the_schedule(photo_dir, freeze_pct, by_lr, monkeypatch):
+    "by_lr: the DDP way (the body's learning rate held at 0), run on one CPU process with DDP's check forced."
+    import colorgan.learner
     from colorgan.learner import fit_pretrain
+    monkeypatch.setattr(colorgan.learner, "is_distributed", lambda: by_lr)
     dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False, epoch_batches=4, decode_workers=1)
     learn = pretrain_learner(dls, pretrained=False, width=0.25)
     body0 = _conv_weights(learn.model[0])

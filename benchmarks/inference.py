@@ -1,6 +1,11 @@
-"""CPU inference, end to end, beside an older colorgan in the same run: a 12 MP photo (decode, colorize, encode),
-a folder of 100 photos of 1 MP (photos/s), peak memory over the loaded model; then the network's engines side by
-side (torch fp32, channels-last, bf16, onnxruntime) with their largest ab difference from plain fp32.
+"""CPU inference, end to end. First what a 12 MP photo costs whatever the model paints: in one process, the best
+case (the network's output replaced by gray), the worst (by the bounds of ab, a corner of the ab square at random
+pixel by pixel, every colour far outside sRGB) and the model as trained, each with the recombination compiled
+(`fused=True`, what a long folder, a film or the server get once they have done 500 MP) and uncompiled, beside Pillow's
+decode + encode of the same JPEG (the floor no colorizer beats) and the network's own time at the render size;
+where the time goes, step by step; the machine's CPU flags. Then beside an older colorgan in the same run: the 12 MP
+photo, a folder of 100 photos of 1 MP (photos/s), peak memory over the loaded model; then the network's engines
+side by side (torch fp32, channels-last, bf16, onnxruntime) with their largest ab difference from plain fp32.
 
     python benchmarks/inference.py [MODEL] [--baseline REF] [--render-size 256] [--repeats 3] [--folder 100]
 
@@ -60,6 +65,105 @@ def case_photo(model: str, photos: Path, render_size: int, repeats: int) -> dict
     import colorgan
     return {"latency_s": float(np.median(times)), "peak_over_model_mb": _rss_mb("VmHWM") - base,
             "module": colorgan.__file__}
+
+
+STEPS = ("decode", "lightness", "downsample L", "network", "recombine", "encode")
+
+
+def case_cost(model: str, photos: Path, render_size: int, repeats: int) -> dict:
+    "Per case (and Pillow's floor): the median over `repeats` of each step's seconds on the 12 MP photo."
+    import io
+
+    from PIL import Image
+
+    from colorgan.inference import Colorizer
+    src, result = photos / "photo12.jpg", {}
+
+    def pillow():
+        with Image.open(src) as img:
+            start = time.perf_counter()
+            img.load()
+            decoded = time.perf_counter()
+            img.save(io.BytesIO(), format="JPEG", quality=95)
+        return {"decode": decoded - start, "encode": time.perf_counter() - decoded}
+    result["pillow"] = _median_steps([pillow() for _ in range(repeats + 1)][1:])
+    for fused in (True, False):
+        colorizer = Colorizer.from_artifact(model, render_size, device="cpu")
+        colorizer.fused, result["engine"] = fused, colorizer.engine
+        for case in ("best", "worst", "trained"):
+            runs = [_timed_photo(colorizer, src, case) for _ in range(repeats + 1)][1:]  # the first warms up
+            result[f"{case} {'fused' if fused else 'eager'}"] = _median_steps(runs)
+    return result
+
+
+def _timed_photo(colorizer, src: Path, case: str) -> dict:
+    "One 12 MP photo through `colorizer`, each step timed; the network's ab replaced as `case` says."
+    import io
+
+    import torch
+    from PIL import Image
+
+    from colorgan.color import denorm_ab
+    from colorgan.models import AB_RANGE
+    steps, clock = {}, [time.perf_counter()]
+
+    def lap(name):
+        clock.append(time.perf_counter())
+        steps[name] = clock[-1] - clock[-2]
+    with Image.open(src) as img:
+        img.load()
+        lap("decode")
+        l = colorizer.lightness(img)
+    lap("lightness")
+    small = colorizer.render_l(l)
+    lap("downsample L")
+    ab = colorizer.predict_small([small])[0]
+    lap("network")
+    if case == "best":
+        ab = torch.zeros_like(ab)
+    elif case == "worst":
+        corner = torch.randint(0, 2, ab.shape, generator=torch.Generator().manual_seed(0)).float()
+        ab = denorm_ab(corner * (AB_RANGE[1] - AB_RANGE[0]) + AB_RANGE[0])
+    out = colorizer.combine(l, ab)
+    lap("recombine")
+    Image.fromarray(out).save(io.BytesIO(), format="JPEG", quality=95)
+    lap("encode")
+    return steps
+
+
+def _median_steps(runs: list[dict]) -> dict:
+    steps = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
+    return {**steps, "total": float(np.median([sum(r.values()) for r in runs]))}
+
+
+def cpu_flags() -> str:
+    "The CPU's model and the vector and matrix units that decide its speed here."
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    units = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{name}, {os.cpu_count()} cores; {' '.join(units) or 'no AVX2'}"
+
+
+def report_cost(args) -> None:
+    cost = run_case(args, "cost", ROOT)
+    pillow, network = cost["pillow"]["total"], cost["best fused"]["network"]
+    floor = pillow + network
+    print(f"\n{cpu_flags()}; engine auto = {cost['engine']}; render size {args.render_size}")
+    print("\n| 12 MP photo, JPEG in and out | recombination | end to end (s) | / best | / (Pillow + network) |")
+    print("|---|---|---:|---:|---:|")
+    print(f"| Pillow decode + encode alone | | {pillow:.3f} | | |")
+    print(f"| the network alone at the render size | | {network:.3f} | | |")
+    for mode in ("fused", "eager"):
+        best = cost[f"best {mode}"]["total"]
+        for case in ("best", "worst", "trained"):
+            total = cost[f"{case} {mode}"]["total"]
+            print(f"| {case} | {mode} | {total:.3f} | {total / best:.2f}x | {total / floor:.2f}x |")
+    print("\n| seconds per step | " + " | ".join(STEPS) + " |")
+    print("|---|" + "---:|" * len(STEPS))
+    print("| Pillow | " + " | ".join(f"{cost['pillow'].get(k, float('nan')):.3f}" for k in STEPS) + " |")
+    for key in (k for k in cost if k not in ("pillow", "engine")):
+        print(f"| {key} | " + " | ".join(f"{cost[key][k]:.3f}" for k in STEPS) + " |")
 
 
 def case_folder(model: str, photos: Path, render_size: int) -> dict:
@@ -146,6 +250,7 @@ def main():
     args = p.parse_args()
     if args.case:
         cases = {"photo": lambda: case_photo(args.model, args.photos, args.render_size, args.repeats),
+                 "cost": lambda: case_cost(args.model, args.photos, args.render_size, args.repeats),
                  "folder": lambda: case_folder(args.model, args.photos, args.render_size),
                  "engines": lambda: case_engines(args.model, args.render_size, args.repeats)}
         print("RESULT " + json.dumps(cases[args.case]()))
@@ -170,6 +275,7 @@ def main():
 
 
 def report(args, trees) -> None:
+    report_cost(args)
     print(f"\nCPU, {os.cpu_count()} cores, render size {args.render_size}, JPEG in and out")
     print("\n| colorgan | 12 MP photo, end to end (s) | peak over the model (MB) | 100 photos of 1 MP (photos/s) |")
     print("|---|---:|---:|---:|")

@@ -6,6 +6,7 @@ This is the only module that knows the numbers 50 and 110: data, metrics, infere
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -13,7 +14,8 @@ import torch
 
 __all__ = ["rgb_to_lab", "lab_to_rgb", "lab_to_linear", "fit_gamut", "gamut_scale", "srgb_to_linear",
            "linear_to_srgb", "norm_l", "denorm_l", "norm_ab", "denorm_ab", "lab_to_model", "model_to_rgb",
-           "gray_rgb", "lightness_of_gray8", "lightness_of_rgb8", "sampled_ab", "SCALINGS"]
+           "gray_rgb", "lightness_of_gray8", "lightness_of_rgb8", "sampled_ab", "SCALINGS", "lab_to_rgb8",
+           "rgb8_and_redo", "chroma_table"]
 
 # sRGB -> XYZ (D65) and the D65 reference white, as in skimage.color.colorconv
 _XYZ_FROM_RGB = torch.tensor([[0.412453, 0.357580, 0.180423],
@@ -30,8 +32,12 @@ SCALINGS = {"l_center": L_CENTER, "l_half_range": L_HALF_RANGE, "ab_scale": AB_S
 
 
 def _mix(matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    "Apply a 3x3 colour matrix along the channel axis of (N,3,H,W)."
-    return torch.einsum("ij,njhw->nihw", matrix.to(x.device, x.dtype), x)
+    """Apply a (3,C) colour matrix along the channel axis of (N,C,H,W). Under torch.compile as a sum of products,
+    which fuses with what comes before and after (an einsum would become a separate matrix product)."""
+    matrix = matrix.to(x.device, x.dtype)
+    if torch.compiler.is_compiling():
+        return sum(matrix[:, j].view(1, -1, 1, 1) * x[:, j:j + 1] for j in range(x.shape[1]))
+    return torch.einsum("ij,njhw->nihw", matrix, x)
 
 
 def _per_channel(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -45,20 +51,27 @@ def _check(x: torch.Tensor, space: str) -> None:
 
 
 def srgb_to_linear(rgb: torch.Tensor) -> torch.Tensor:
-    return torch.where(rgb > 0.04045, ((rgb.clamp(min=0.04045) + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+    c = rgb.clamp(min=0.04045)  # branch-free: the curve above the knee plus the line's rise below it
+    return ((c + 0.055) / 1.055) ** 2.4 + (rgb - c) / 12.92
 
 
 def linear_to_srgb(lin: torch.Tensor) -> torch.Tensor:
-    return torch.where(lin > 0.0031308, 1.055 * lin.clamp(min=0.0031308) ** (1 / 2.4) - 0.055, lin * 12.92)
+    c = lin.clamp(min=0.0031308)
+    return 1.055 * c ** (1 / 2.4) - 0.055 + 12.92 * (lin - c)
+
+
+_F_KNEE = _KAPPA * _EPS + 16 / 116  # f at the threshold, where its cube root part meets its linear part
 
 
 def _f(t: torch.Tensor) -> torch.Tensor:
-    "CIELAB's companding of X/Xn, Y/Yn, Z/Zn."
-    return torch.where(t > _EPS, t.clamp(min=_EPS) ** (1 / 3), _KAPPA * t + 16 / 116)
+    "CIELAB's companding of X/Xn, Y/Yn, Z/Zn (branch-free: the two parts meet at the threshold)."
+    c = t.clamp(min=_EPS)
+    return c ** (1 / 3) + _KAPPA * (t - c)
 
 
 def _f_inv(f: torch.Tensor) -> torch.Tensor:
-    return torch.where(f > 0.2068966, f ** 3, (f - 16 / 116) / _KAPPA)
+    c = f.clamp(min=_F_KNEE)
+    return c * c * c + (f - c) / _KAPPA
 
 
 def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
@@ -69,46 +82,117 @@ def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     return torch.stack([116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)], 1)
 
 
+_LINEAR_FROM_F = _RGB_FROM_XYZ * _WHITE_D65  # linear sRGB from (f_inv(fx), f_inv(fy), f_inv(fz)): Xn, Yn, Zn folded in
+
+
 def lab_to_linear(lab: torch.Tensor) -> torch.Tensor:
     "CIELAB (N,3,H,W) -> linear sRGB, not clipped: a channel below 0 or above 1 is a colour outside sRGB."
     l, a, b = lab.unbind(1)
     fy = (l + 16) / 116
-    xyz = _f_inv(torch.stack([fy + a / 500, fy, fy - b / 200], 1)) * _per_channel(_WHITE_D65, lab)
-    return _mix(_RGB_FROM_XYZ, xyz)
+    return _mix(_LINEAR_FROM_F, _f_inv(torch.stack([fy + a / 500, fy, fy - b / 200], 1)))
 
 
-GAMUT_STEPS = 10  # bisection steps of the chroma scale: 2**-10 of the predicted chroma, under 0.2 CIELAB units
-_GAMUT_TOL = 1e-4  # linear sRGB slack: float error of colours on the gamut's surface, well under one 8-bit level
+GAMUT_TOL = 1e-4  # linear sRGB slack: float error of colours on the gamut's surface, well under one 8-bit level
+_AIM = 0.9 * GAMUT_TOL  # where the chroma search puts the channel it stops at: in the slack, room for float error
+_TABLE_L, _TABLE_HUE, _TABLE_CHROMA = 101, 512, 150.0  # the chroma table's grid: L 0..100, hue -pi..pi; its ceiling
+_TRUST = 2.0  # CIELAB chroma units: a Newton step longer than this is not trusted, and bisection redoes the colour
+_RESIDUAL = 4 * GAMUT_TOL  # nor is a colour the step leaves farther outside than this (the final clip takes less)
+_FALLBACK_STEPS = 16  # bisection steps for those colours (0.1% of random Lab colours, near the yellow corner)
 
 
 def _outside(lin: torch.Tensor) -> torch.Tensor:
     "(N,1,H,W): whether a linear sRGB colour has a channel outside [0,1] (beyond float slack)."
-    return (lin - 0.5).abs().amax(1, keepdim=True) > 0.5 + _GAMUT_TOL
+    return (lin - 0.5).abs().amax(1, keepdim=True) > 0.5 + GAMUT_TOL
+
+
+@functools.cache
+def chroma_table(device: str) -> torch.Tensor:
+    """(1,1,_TABLE_L,_TABLE_HUE+1), for `rgb8_and_redo`: the largest chroma inside sRGB at each (L, hue) of a grid
+    (the last hue column repeats the first), in float64 on the CPU once a process, a scan in 64 steps then bisection: the slice of sRGB
+    at one L and hue is not always one interval (near the yellow corner it has two), the scan finds the outer one."""
+    l = torch.linspace(0, 100, _TABLE_L, dtype=torch.float64)[:, None].expand(-1, _TABLE_HUE + 1).reshape(-1)
+    hue = torch.linspace(-math.pi, math.pi, _TABLE_HUE + 1, dtype=torch.float64).repeat(_TABLE_L)
+    cos, sin = hue.cos(), hue.sin()
+
+    def inside(c):
+        lab = torch.stack([l, c * cos, c * sin])[None, :, :, None]
+        return (lab_to_linear(lab) - 0.5).abs().amax(1)[0, :, 0] <= 0.5 + GAMUT_TOL
+    scan, step = 64, _TABLE_CHROMA / 64
+    lo = torch.zeros_like(l)
+    for i in range(1, scan + 1):
+        lo = torch.where(inside(torch.full_like(l, i * step)), i * step, lo)
+    hi = lo + step
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        ok = inside(mid)
+        lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
+    return lo.view(1, 1, _TABLE_L, _TABLE_HUE + 1).float().to(device)
+
+
+def _table_scale(l: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                 table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N,1,H,W) first guesses of the chroma factor (the largest chroma at (L, hue) of `chroma_table`, bilinear,
+    over the chroma), and the chroma. The bilinear lookup is written out (four gathers), which torch.compile fuses
+    (its grid_sample is a loop of its own, slower than the rest of `rgb8_and_redo` together)."""
+    cols = _TABLE_HUE + 1
+    u = torch.atan2(b, a).add(math.pi).mul(_TABLE_HUE / (2 * math.pi))  # hue in table columns, 0.._TABLE_HUE
+    v = l * ((_TABLE_L - 1) / 100)
+    j, i = u.floor().clamp(0, _TABLE_HUE - 1), v.floor().clamp(0, _TABLE_L - 2)
+    fu, fv, at = u - j, v - i, (i * cols + j).long()
+    flat = table.view(-1)
+    top = torch.lerp(flat[at], flat[at + 1], fu)
+    largest = torch.lerp(top, torch.lerp(flat[at + cols], flat[at + cols + 1], fu), fv)
+    chroma = torch.hypot(a, b)
+    return largest.div(chroma.clamp(min=1e-6)).clamp(max=1), chroma
+
+
+# linear sRGB from (f_inv(fx), f_inv(fz)), and from f_inv(fy): the Y column apart, since Y is fixed by L
+_FROM_FXZ, _FROM_FY = _LINEAR_FROM_F[:, [0, 2]], _LINEAR_FROM_F[:, 1]
+
+
+def _chroma_parts(fy: torch.Tensor, pq: torch.Tensor, s: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    "(f_inv(fx), f_inv(fz)) at chroma factor `s` (None: 1), and their square knee-clamped f (for the derivative)."
+    f = fy + pq if s is None else torch.addcmul(fy, pq, s)  # (fx, fz) = fy + s * (a / 500, -b / 200)
+    c = f.clamp(min=_F_KNEE)
+    c2 = c * c
+    return torch.addcmul((f - c).div_(_KAPPA), c2, c), c2  # the cube above the knee, the line below it
+
+
+def _linear_of(parts: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    "(N,3,H,W) linear sRGB from (f_inv(fx), f_inv(fz)) (N,2,H,W) and f_inv(fy) (N,1,H,W)."
+    return _mix(_FROM_FXZ, parts).addcmul_(_per_channel(_FROM_FY, y), y)
+
+
+def _newton_scale(fy: torch.Tensor, y: torch.Tensor, pq: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """One Newton step from the chroma factors `s` to where the first channel reaches its bound. For a fixed L and
+    hue each linear sRGB channel is a piecewise cubic of the factor (Y is fixed by L; X and Z are f_inv of a line
+    in it); each channel gives the root of its line towards the bound it heads for as chroma grows
+    ((0.5 - lin) / slope + (0.5 + aim) / |slope| from s), and the nearest root wins. A step to below half of
+    `s` is not trusted (the table was far off there): it stops at half, and the check after it decides."""
+    parts, c2 = _chroma_parts(fy, pq, s)
+    lin = _linear_of(parts, y)
+    slope = _mix(_FROM_FXZ, c2.mul_(pq).mul_(3))  # d lin / ds: f_inv's two parts have the same slope at the knee
+    step = lin.neg_().add_(0.5).div_(slope).add_(slope.abs().reciprocal_().mul_(0.5 + _AIM))
+    root = torch.nan_to_num_(step.amin(1, keepdim=True), nan=1.0).add_(s)
+    return torch.maximum(root, s * 0.5).clamp_(max=1)
 
 
 @torch.no_grad()
-def gamut_scale(lab: torch.Tensor, where: torch.Tensor | None = None, steps: int = GAMUT_STEPS) -> torch.Tensor:
-    """(N,1,H,W) factors in [0,1] for the chroma (L in [0,100]): 1 where the colour is in sRGB, else the largest
-    factor found by bisection that brings it inside at the same L and hue (the gray of any L is inside).
-    `where`, the (N,1,H,W) mask of colours outside, is computed when not given."""
-    scale = torch.ones_like(lab[:, :1])
-    where = _outside(lab_to_linear(lab)) if where is None else where
-    if where.any():
-        scale[where] = _bisect_chroma(*(lab[:, i:i + 1][where] for i in range(3)), steps)
-    return scale
+def gamut_scale(lab: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
+    """(N,1,H,W) factors in [0,1] for the chroma (L in [0,100]): 1 where the colour is in sRGB, else the one that
+    brings it to sRGB's surface at the same L and hue (the gray of any L is inside); `where` is ignored (kept for
+    callers that pass the mask of colours outside). See `_fit_linear`."""
+    ab, fitted = lab[:, 1:], _fit_linear(lab)[0][:, 1:]
+    chroma = ab.norm(dim=1, keepdim=True)
+    return torch.where(chroma > 0, fitted.norm(dim=1, keepdim=True) / chroma.clamp(min=1e-12), 1.0).clamp_(max=1)
 
 
 def _bisect_chroma(l: torch.Tensor, a: torch.Tensor, b: torch.Tensor, steps: int) -> torch.Tensor:
-    "Flat (K,) colours outside sRGB -> their chroma factors; Y is fixed by L, so each step redoes only X and Z."
-    m = _RGB_FROM_XYZ.to(l.device, l.dtype)
-    xn, _, zn = _WHITE_D65.tolist()
-    fy = (l + 16) / 116
-    y_part = m[:, 1:2] * _f_inv(fy)
+    "Flat (K,) colours outside sRGB -> chroma factors on the boundary, by bisection (each step redoes X and Z)."
     lo, hi = torch.zeros_like(l), torch.ones_like(l)
     for _ in range(steps):
         mid = (lo + hi) / 2
-        lin = m[:, :1] * (xn * _f_inv(fy + mid * a / 500)) + y_part + m[:, 2:] * (zn * _f_inv(fy - mid * b / 200))
-        inside = ~_outside(lin[None])[0, 0]  # (3,K) as a batch of one: the same test as for whole images
+        inside = ~_outside(lab_to_linear(torch.stack([l, mid * a, mid * b])[None, :, :, None]))[0, 0, :, 0]
         lo, hi = torch.where(inside, mid, lo), torch.where(inside, hi, mid)
     return lo
 
@@ -121,23 +205,74 @@ def fit_gamut(lab: torch.Tensor) -> torch.Tensor:
 
 
 def _fit_linear(lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    "(`fit_gamut(lab)`, its linear sRGB), the second conversion done only for the colours that were outside."
-    l = lab[:, :1].clamp(0, 100)
-    lab = torch.cat([l, lab[:, 1:]], 1)
-    lin = lab_to_linear(lab)
-    where = _outside(lin)
-    if where.any():
-        lab = torch.cat([l, lab[:, 1:] * gamut_scale(lab, where)], 1)
-        pixels = where[:, 0]
-        moved = lab.permute(0, 2, 3, 1)[pixels]  # (K,3)
-        lin.permute(0, 2, 3, 1)[pixels] = lab_to_linear(moved.T[None, :, :, None])[0, :, :, 0].T
-    return lab, lin
+    """(`fit_gamut(lab)`, its linear sRGB), in a bounded number of vectorised passes whatever the share of colours
+    outside sRGB: the conversion; where any colour is outside, a table of the largest chroma at each (L, hue) gives
+    a first guess of its chroma factor, one Newton step on the channels makes it exact (to float error) and the
+    conversion is redone at it (colours inside keep factor 1). The few colours still outside then (in the sliver
+    near the yellow corner where a slice of sRGB is two intervals: 0.1% of random Lab colours) get bisection."""
+    l, a, b, fy, y, pq = _lab_parts(lab)
+    lin = _linear_of(_chroma_parts(fy, pq, None)[0], y)
+    reach = (lin - 0.5).abs_().amax(1, keepdim=True)  # over 0.5 (+ slack): outside
+    if reach.max() <= 0.5 + GAMUT_TOL:
+        return torch.cat([l, a, b], 1), lin
+    with torch.no_grad():  # the factors are constants to autograd, as a clip's bounds would be
+        scale, redo = _gamut_factors(l, a, b, fy, y, pq, reach, chroma_table(str(lab.device)))
+        if redo.any():
+            scale[redo] = _bisect_chroma(l[redo], a[redo], b[redo], _FALLBACK_STEPS)
+    return torch.cat([l, a * scale, b * scale], 1), _linear_of(_chroma_parts(fy, pq, scale)[0], y)
+
+
+def _lab_parts(lab: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    "L (clamped to [0,100]), a, b, fy, f_inv(fy) = Y and (a / 500, -b / 200), each (N,1,H,W) or (N,2,H,W)."
+    l, a, b = lab[:, :1].clamp(0, 100), lab[:, 1:2], lab[:, 2:3]
+    fy = (l + 16) / 116
+    return l, a, b, fy, _f_inv(fy), torch.cat([a / 500, b / -200], 1)
+
+
+def _gamut_factors(l, a, b, fy, y, pq, reach, table) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chroma factors of `_fit_linear` (1 inside), given the reach of its colours' channels from 0.5 (over 0.5:
+    outside), and where they are not trusted (bisection redoes those); branch-free, so torch.compile fuses it."""
+    outside = reach > 0.5 + GAMUT_TOL
+    guess, chroma = _table_scale(l, a, b, table)
+    scale = _newton_scale(fy, y, pq, guess)
+    jumped = (scale - guess).abs().mul(chroma) > _TRUST  # the table was far off: near the yellow corner
+    scale = torch.where(outside, scale, 1.0)
+    lin = _linear_of(_chroma_parts(fy, pq, scale)[0], y)
+    redo = (((lin - 0.5).abs().amax(1, keepdim=True) > 0.5 + _RESIDUAL) | jumped) & outside
+    return scale, redo
+
+
+def rgb8_and_redo(lab: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`lab_to_rgb8` for a strip in one branch-free pass, the form torch.compile fuses into one loop: uint8
+    (N,H,W,3) and the (N,1,H,W) mask of colours the Newton step left untrusted, whose 8-bit values the caller
+    takes from `lab_to_rgb8` instead (its bisection). `table`: `chroma_table(device)`."""
+    l, a, b, fy, y, pq = _lab_parts(lab)
+    reach = (_linear_of(_chroma_parts(fy, pq, None)[0], y) - 0.5).abs().amax(1, keepdim=True)
+    scale, redo = _gamut_factors(l, a, b, fy, y, pq, reach, table)
+    return _to_8bit(_linear_of(_chroma_parts(fy, pq, scale)[0], y)), redo
+
+
+def _to_8bit(lin: torch.Tensor) -> torch.Tensor:
+    """Linear sRGB (N,3,H,W) -> uint8 sRGB (N,H,W,3), the nearest level (clipped to [0,1] first): no power, two
+    lookups a channel. A level's threshold in linear light is where its half-way point lies; the thresholds are
+    never closer than 1/(255 * 12.92), so a grid of `_BUCKETS` cells holds at most one each: the level at the
+    cell's start, plus one if the colour is past the cell's threshold."""
+    x = lin.clamp(0, 1)
+    starts, thresholds = _LEVEL_AT_CELL.to(x.device), _LEVEL_THRESHOLD.to(x.device)
+    level = starts[x.mul(_BUCKETS).long().clamp_(max=_BUCKETS - 1)]
+    return level.add((x >= thresholds[level]).to(level.dtype)).permute(0, 2, 3, 1).to(torch.uint8)
+
+
+def lab_to_rgb8(lab: torch.Tensor) -> torch.Tensor:
+    "CIELAB (N,3,H,W) -> uint8 sRGB (N,H,W,3), colours outside sRGB fitted as `lab_to_rgb` does."
+    _check(lab, "lab")
+    return _to_8bit(_fit_linear(lab)[1])
 
 
 def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
     "CIELAB (N,3,H,W) -> sRGB in [0,1]; colours outside sRGB lose chroma at constant L and hue (`fit_gamut`)."
     _check(lab, "lab")
-    return linear_to_srgb(_fit_linear(lab)[1].clamp(0, 1))
+    return linear_to_srgb(_fit_linear(lab)[1].clamp(0, 1)).clamp_(0, 1)
 
 
 def norm_l(l: torch.Tensor) -> torch.Tensor: return l / L_HALF_RANGE - L_CENTER / L_HALF_RANGE
@@ -173,9 +308,16 @@ def gray_rgb(l: torch.Tensor) -> torch.Tensor:
 
 
 _LEVELS = torch.arange(256, dtype=torch.float64) / 255
-_LINEAR_OF_8BIT = srgb_to_linear(_LEVELS).float().numpy()          # sRGB level -> linear light
 _L_OF_8BIT_GRAY = (116 * _f(srgb_to_linear(_LEVELS)) - 16).float().numpy()  # gray level -> CIELAB L
-_Y_FROM_RGB = _XYZ_FROM_RGB[1].float().numpy()
+_Y_OF_8BIT = (_XYZ_FROM_RGB[1, :, None] * srgb_to_linear(_LEVELS)).float().numpy()  # (3,256): each level's Y
+
+
+_BUCKETS = 4096
+# linear light where each level from 1 to 255 begins (half-way from the level below), then a sentinel past 1
+_LEVEL_THRESHOLD = torch.cat([srgb_to_linear((torch.arange(1, 256, dtype=torch.float64) - 0.5) / 255),
+                              torch.tensor([2.0], dtype=torch.float64)]).float()
+_LEVEL_AT_CELL = torch.bucketize(torch.arange(_BUCKETS, dtype=torch.float32) / _BUCKETS, _LEVEL_THRESHOLD,
+                                 right=True).to(torch.int32)  # the level at each cell's start
 
 
 def lightness_of_gray8(gray: np.ndarray) -> torch.Tensor:
@@ -184,11 +326,13 @@ def lightness_of_gray8(gray: np.ndarray) -> torch.Tensor:
 
 
 def lightness_of_rgb8(rgb: np.ndarray, strip_rows: int = 256) -> torch.Tensor:
-    """uint8 sRGB (H,W,3) -> CIELAB L as (1,1,H,W) float32: L depends on Y alone, so this is one table lookup, one
-    dot product and one cube root a pixel, in strips of rows (bounded temporaries for a 12 MP photo)."""
+    """uint8 sRGB (H,W,3) -> CIELAB L as (1,1,H,W) float32: L depends on Y alone, so this is three table lookups
+    (each level's linear light times its weight in Y), two sums and one cube root a pixel, in strips of rows
+    (bounded temporaries for a 12 MP photo)."""
     h, w = rgb.shape[:2]
     out = torch.empty(1, 1, h, w)
     for top in range(0, h, strip_rows):
-        y = torch.from_numpy(_LINEAR_OF_8BIT[rgb[top:top + strip_rows]] @ _Y_FROM_RGB)
-        out[0, 0, top:top + strip_rows] = 116 * _f(y) - 16
+        strip = rgb[top:top + strip_rows]
+        y = sum(np.take(_Y_OF_8BIT[c], strip[..., c]) for c in range(3))
+        out[0, 0, top:top + strip_rows] = _f(torch.from_numpy(y)).mul_(116).sub_(16)
     return out

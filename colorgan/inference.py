@@ -8,9 +8,9 @@ lightness.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
-import math
 import os
 import shutil
 from pathlib import Path
@@ -22,13 +22,17 @@ from PIL import Image
 
 from .artifacts import load_generator, resolve_artifact
 from .models import STRIDE
-from .color import denorm_ab, lab_to_rgb, norm_l
+from .color import chroma_table, denorm_ab, lab_to_rgb8, norm_l, rgb8_and_redo
 from .device import resolve_device, resolve_precision
 from .photos import default_cache_dir, pil_to_l
 from .utils import ColorganError, atomic_path, log
 
 __all__ = ["Colorizer", "render_shape", "resolve_engine", "STRIDE", "ENGINES"]
 
+
+
+FUSED_STRIP_ROWS = 64  # the compiled recombination's strips: its temporaries stay in cache (256 rows: 1.4x slower)
+FUSE_AFTER_PIXELS = 500_000_000  # fused="auto": compile the recombination once a Colorizer has done this many
 
 
 def render_shape(h: int, w: int, render_size: int, max_aspect: float = 3.0) -> tuple[int, int]:
@@ -103,12 +107,15 @@ class Colorizer:
     torch runs the network channels-last under inference mode; `from_artifact` picks onnxruntime where it is
     faster (`resolve_engine`)."""
     def __init__(self, model: torch.nn.Module, render_size: int = 256, device=None, strip_rows: int = 256,
-                 precision: str = "auto", saturation: float = 1.0):
+                 precision: str = "auto", saturation: float = 1.0, fused: bool | str = "auto"):
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)  # the device policy's choice, as in training
         self.model = model.to(self.device).eval().to(memory_format=torch.channels_last)
         self.render_size, self.strip_rows, self.saturation = render_size, strip_rows, saturation
         self.engine, self.session = "torch", None
+        if fused not in (True, False, "auto"):
+            raise ColorganError(f"fused must be true, false or 'auto', not {fused!r}")
+        self.fused, self._combined_pixels = fused, 0
 
     @property
     def saturation(self) -> float:
@@ -174,17 +181,41 @@ class Colorizer:
     @torch.inference_mode()
     def combine(self, l: torch.Tensor, ab_small: torch.Tensor, saturation: float | None = None) -> np.ndarray:
         """Full-res L + upsampled chroma times `saturation` (default: the Colorizer's) -> uint8 RGB (H,W,3), colours
-        outside sRGB brought in at constant L and hue, in strips of rows to bound memory."""
+        outside sRGB brought in at constant L and hue, in strips of rows to bound memory. The bilinear upsampling
+        is separable: the chroma is widened to the photo's width once, each strip blends two of its rows."""
         ab_small = ab_small * (self.saturation if saturation is None else saturation)
         h, w = l.shape[-2:]
         out = np.empty((h, w, 3), dtype=np.uint8)
-        sh = ab_small.shape[-2]
-        for top in range(0, h, self.strip_rows):
-            rows = min(self.strip_rows, h - top)
-            ab = _resize_rows(ab_small, h, w, top, rows, sh)
-            rgb = lab_to_rgb(torch.cat([l[..., top:top + rows, :], ab], 1))
-            out[top:top + rows] = (rgb[0].permute(1, 2, 0) * 255 + 0.5).to(torch.uint8).numpy()
+        wide = F.interpolate(ab_small, size=(ab_small.shape[-2], w), mode="bilinear", align_corners=False)
+        blend = _row_blend(ab_small.shape[-2], h)
+        fused, redo = self._fused_strip(h * w), []
+        strip_rows = self.strip_rows if fused is None else FUSED_STRIP_ROWS
+        for top in range(0, h, strip_rows):
+            rows = slice(top, min(top + strip_rows, h))
+            upper, lower, weight = (t[rows] for t in blend)
+            if fused is None:
+                lab = torch.cat([l[..., rows, :], torch.lerp(wide[:, :, upper], wide[:, :, lower], weight)], 1)
+                out[rows] = lab_to_rgb8(lab)[0].numpy()
+                continue
+            rgb8, untrusted = fused(l[..., rows, :], wide, upper, lower, weight, chroma_table("cpu"))
+            out[rows] = rgb8[0].numpy()
+            redo.append(untrusted[0, 0])
+        if redo and (redo := torch.cat(redo)).any():  # the few colours one Newton step leaves: bisection's path
+            r, c = redo.nonzero(as_tuple=True)
+            ab = torch.lerp(wide[0][:, blend[0][r], c], wide[0][:, blend[1][r], c], blend[2][r, 0])
+            lab = torch.cat([l[0, :, r, c], ab])[None, :, :, None]
+            out[r.numpy(), c.numpy()] = lab_to_rgb8(lab)[0, :, 0].numpy()
+        self._combined_pixels += h * w
         return out
+
+    def _fused_strip(self, pixels: int):
+        """The compiled strip function (`_strip_rgb8` under torch.compile) when `fused` asks for it, else None.
+        auto: on a CPU, once this Colorizer has recombined `FUSE_AFTER_PIXELS` (a compile costs seconds to a
+        minute, paid back over a few large photos: docs/performance.md)."""
+        if self.fused is False or (self.fused == "auto" and (
+                self.device.type != "cpu" or self._combined_pixels + pixels <= FUSE_AFTER_PIXELS)):
+            return None
+        return _compiled_strip()
 
     def colorize_video(self, src: str | os.PathLike, dst: str | os.PathLike, temporal: float = 0.6, bs: int = 8,
                        progress: bool = True) -> dict:
@@ -198,10 +229,31 @@ class Colorizer:
         return [Image.fromarray(self.combine(l, ab)) for l, ab in zip(lightness, self.predict_ab(lightness))]
 
 
-def _resize_rows(ab_small: torch.Tensor, h: int, w: int, top: int, rows: int, sh: int) -> torch.Tensor:
-    "Bilinear upsampling of `ab_small` to (h, w), evaluated only for output rows [top, top+rows)."
-    sw = ab_small.shape[-1]
-    ys = ((torch.arange(top, top + rows, dtype=torch.float32) + 0.5) * sh / h - 0.5) / sh * 2 - 1 + 1 / sh
-    xs = ((torch.arange(w, dtype=torch.float32) + 0.5) * sw / w - 0.5) / sw * 2 - 1 + 1 / sw
-    grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], -1)[None]
-    return F.grid_sample(ab_small, grid, mode="bilinear", padding_mode="border", align_corners=False)
+def _row_blend(small: int, h: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each of `h` output rows, the two rows of a `small`-row map that bilinear upsampling (align_corners=False,
+    as F.interpolate) blends, and the weight of the second, shaped (h,1) to broadcast over a strip's columns."""
+    src = ((torch.arange(h, dtype=torch.float64) + 0.5) * small / h - 0.5).clamp_(min=0)
+    upper = src.floor().long().clamp_(max=small - 1)
+    return upper, (upper + 1).clamp_(max=small - 1), (src - upper).float()[:, None]
+
+
+def _strip_rgb8(l: torch.Tensor, wide: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor, weight: torch.Tensor,
+                table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    "One strip of `combine`: its rows of chroma blended, Lab -> uint8 (`rgb8_and_redo`), in one branch-free pass."
+    return rgb8_and_redo(torch.cat([l, torch.lerp(wide[:, :, upper], wide[:, :, lower], weight)], 1), table)
+
+
+@functools.cache
+def _compiled_strip():
+    "`_strip_rgb8` compiled once a process (inductor: one fused C++ loop), or None where it cannot compile here."
+    fn = torch.compile(_strip_rgb8, dynamic=True)
+    try:
+        with torch.inference_mode():
+            l, wide = torch.full((1, 1, 3, 5), 50.0), torch.full((1, 2, 2, 5), 90.0)
+            blend = _row_blend(2, 3)
+            fn(l, wide, *blend, chroma_table("cpu"))
+    except Exception as e:  # no C++ compiler, an unsupported platform: the eager path gives the same colours
+        log.warning(f"colorize: torch.compile of the recombination failed here ({type(e).__name__}: {e}); "
+            f"running it uncompiled")
+        return None
+    return fn

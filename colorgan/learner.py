@@ -136,8 +136,9 @@ def pretrain_learner(dls: DataLoaders, model: torch.nn.Module | None = None, wd:
     one tint it colours (`TintGain`) as metrics, and an encoder/decoder splitter so `freeze()` and discriminative
     learning rates work.
     The device policy (`colorgan.device.resolve_policy` on the data's device) sets `precision` (auto: bf16 or fp16
-    on GPUs, fp32 on CPU), the AdamW kernel (`fused_adam`), `channels_last` and `compile` (True or a torch.compile
-    backend's name); `learn.policy` says what it decided. `metrics` come first in the table, before these six."""
+    on GPUs; on a CPU bf16 where it has bf16 units, else fp32), the AdamW kernel (`fused_adam`), `channels_last`
+    and `compile` (True or a torch.compile backend's name); `learn.policy` says what it decided. `metrics` come
+    first in the table, before these six."""
     policy = resolve_policy(dls.device, precision, fused_adam, channels_last, compile)
     if model is None:
         model = build_generator(img_size=dls.train.size, **generator_kwargs)

@@ -2,6 +2,9 @@
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub download must fail at once, not after retries
+# the same CPU policy on every machine (auto = fp32): a CPU with bf16 units would train in bf16 (device.py); the
+# tests that need either say so, and subprocesses inherit this
+os.environ["COLORGAN_CPU_BF16"] = "0"
 
 import numpy as np
 import pytest

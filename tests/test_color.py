@@ -150,3 +150,18 @@ def test_is_grayscale(astronaut):
     assert photos.is_grayscale(astronaut.convert("L"))
     assert photos.is_grayscale(astronaut.convert("L").convert("RGB"))
     assert not photos.is_grayscale(astronaut)
+
+
+def test_8bit_output_is_the_nearest_level_and_gray_levels_come_back():
+    "The lookup encoder (no power) gives round(255 * sRGB) as float64 does, but at a hair from a level's edge."
+    from colorgan.color import _to_8bit, lab_to_rgb8, lightness_of_gray8, linear_to_srgb
+    x = torch.rand(1, 3, 300, 300, generator=torch.Generator().manual_seed(0)) ** 3
+    x[0, :, 0, :4] = torch.tensor([0.0, 1.0, 1e-9, 0.5])[None]
+    exact = linear_to_srgb(x.double()) * 255 + 0.5
+    frac = exact - exact.floor()
+    edge = (frac < 1e-4) | (frac > 1 - 1e-4)
+    got = _to_8bit(x).permute(0, 3, 1, 2).double()
+    assert ((got == exact.floor()) | edge).all()
+    levels = np.arange(256, dtype=np.uint8)[None]
+    lab = torch.cat([lightness_of_gray8(levels), torch.zeros(1, 2, 1, 256)], 1)
+    assert (lab_to_rgb8(lab)[0, 0].numpy() == levels[0][:, None]).all()

@@ -1,5 +1,7 @@
 """The GPU path, exercised on the CPU: the device policy, mixed precision with a real loss scaler, torch.compile,
 the optimizer every device shares, and optimizer state restored onto the model's device."""
+from pathlib import Path
+
 import pytest
 import torch
 from fastai.torch_core import set_seed
@@ -36,6 +38,25 @@ def test_auto_precision_follows_the_compute_capability(monkeypatch, capability, 
     _gpu(monkeypatch, capability)
     assert resolve_precision("auto", "cuda:0") == expected
     assert resolve_precision("auto", "cpu") == "fp32"
+
+
+@pytest.mark.parametrize("flags, expected", [("fpu avx2 avx512f", "fp32"), ("avx2 avx512f avx512_bf16", "bf16"),
+                                             ("avx2 amx_bf16 amx_tile", "bf16"), ("", "fp32")])
+def test_cpu_training_takes_bf16_only_where_the_cpu_has_bf16_units(monkeypatch, tmp_path, flags, expected):
+    device = device_mod
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    monkeypatch.setattr(device, "Path", lambda path: cpuinfo if path == "/proc/cpuinfo" else Path(path))
+    monkeypatch.delenv("COLORGAN_CPU_BF16")
+    device._cpu_flags.cache_clear()
+    try:
+        assert resolve_policy("cpu").precision == expected
+        assert resolve_precision("auto", "cpu") == "fp32"  # colorize: fp32, the colours onnxruntime gives
+        monkeypatch.setenv("COLORGAN_CPU_BF16", "1")
+        assert resolve_policy("cpu").precision == "bf16"
+        assert resolve_policy("cpu", precision="fp32").precision == "fp32"  # a named precision always wins
+    finally:
+        device._cpu_flags.cache_clear()
 
 
 def test_bf16_is_refused_on_a_gpu_without_it(monkeypatch):

@@ -311,3 +311,75 @@ def test_a_damaged_onnx_cache_is_rebuilt_not_trusted(artefact, astronaut, tmp_pa
     reference = Colorizer.from_artifact(artefact, device="cpu", engine="torch")(astronaut)
     assert np.abs(np.asarray(colour, dtype=int) - np.asarray(reference, dtype=int)).max() <= 1
     assert path.is_file() and path.read_bytes() == good
+
+
+def _hostile_lab(h=96, w=130, seed=0):
+    "L from 0 to 100 and ab anywhere in the square the network can predict: most colours far outside sRGB."
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(1, 1, h, w, generator=g) * 100, (torch.rand(1, 2, 24, 33, generator=g) * 2 - 1) * 110
+
+
+def test_the_branch_free_strip_gives_the_exact_paths_colours(monkeypatch):
+    "`_strip_rgb8` (what torch.compile fuses) plus the bisection of its untrusted colours = the exact path."
+    import colorgan.inference as inference
+    monkeypatch.setattr(inference, "_compiled_strip", lambda: inference._strip_rgb8)  # uncompiled: same maths
+    l, ab = _hostile_lab()
+    exact = Colorizer(torch.nn.Identity(), device="cpu", fused=False).combine(l, ab)
+    branch_free = Colorizer(torch.nn.Identity(), device="cpu", fused=True).combine(l, ab)
+    differ = np.abs(exact.astype(int) - branch_free.astype(int))
+    assert differ.max() <= 1 and (differ > 0).mean() < 1e-3  # float reassociation at a rounding edge, no more
+
+
+def test_fused_auto_compiles_only_after_enough_pixels_and_refuses_other_values(monkeypatch):
+    import colorgan.inference as inference
+    calls = []
+    monkeypatch.setattr(inference, "_compiled_strip", lambda: calls.append(1) or inference._strip_rgb8)
+    monkeypatch.setattr(inference, "FUSE_AFTER_PIXELS", 2 * 96 * 130)
+    colorizer = Colorizer(torch.nn.Identity(), device="cpu")
+    l, ab = _hostile_lab()
+    for expected in (0, 0, 1):  # the third photo passes the threshold
+        colorizer.combine(l, ab)
+        assert len(calls) == expected
+    never = Colorizer(torch.nn.Identity(), device="cpu", fused=False)
+    never._combined_pixels = 10**12
+    never.combine(l, ab)
+    assert len(calls) == 1
+    with pytest.raises(ColorganError, match="fused"):
+        Colorizer(torch.nn.Identity(), device="cpu", fused="yes")
+
+
+def test_a_failed_compile_falls_back_to_the_same_colours(monkeypatch, caplog):
+    import colorgan.inference as inference
+
+    def broken(fn, **kw):
+        def run(*args):
+            raise RuntimeError("no C++ compiler")
+        return run
+    monkeypatch.setattr(torch, "compile", broken)
+    inference._compiled_strip.cache_clear()
+    try:
+        l, ab = _hostile_lab()
+        out = Colorizer(torch.nn.Identity(), device="cpu", fused=True).combine(l, ab)
+        assert inference._compiled_strip() is None
+        assert "no C++ compiler" in caplog.text
+        assert (out == Colorizer(torch.nn.Identity(), device="cpu", fused=False).combine(l, ab)).all()
+    finally:
+        inference._compiled_strip.cache_clear()
+
+
+@pytest.mark.slow
+def test_the_compiled_recombination_gives_the_exact_paths_colours():
+    "torch.compile (inductor, a C++ loop) of the strip; about a minute to compile on 2 cores."
+    import colorgan.inference as inference
+    if inference._compiled_strip() is None:
+        pytest.skip("torch.compile cannot build here (no C++ compiler)")
+    l, ab = _hostile_lab(300, 410, seed=1)
+    fused = Colorizer(torch.nn.Identity(), device="cpu", fused=True)
+    compiled = fused.combine(l, ab)
+    exact = Colorizer(torch.nn.Identity(), device="cpu", fused=False).combine(l, ab)
+    differ = np.abs(exact.astype(int) - compiled.astype(int))
+    assert differ.max() <= 1 and (differ > 0).mean() < 1e-3
+    from colorgan.color import lightness_of_gray8
+    levels = np.arange(256, dtype=np.uint8).repeat(40).reshape(64, 160)
+    back = fused.combine(lightness_of_gray8(levels), torch.zeros(1, 2, 4, 5))
+    assert (back == levels[..., None]).all()  # a gray photo with no chroma comes back level for level

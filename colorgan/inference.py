@@ -210,8 +210,9 @@ class Colorizer:
 
     def _fused_strip(self, pixels: int):
         """The compiled strip function (`_strip_rgb8` under torch.compile) when `fused` asks for it, else None.
-        auto: on a CPU, once this Colorizer has recombined `FUSE_AFTER_PIXELS` (a compile costs seconds to a
-        minute, paid back over a few large photos: docs/performance.md)."""
+        auto: on a CPU, once this Colorizer has recombined `FUSE_AFTER_PIXELS` (a compile costs 7 s with inductor's
+        disk cache to about a minute without, paid back only over a long folder, a film or a server's life:
+        docs/performance.md)."""
         if self.fused is False or (self.fused == "auto" and (
                 self.device.type != "cpu" or self._combined_pixels + pixels <= FUSE_AFTER_PIXELS)):
             return None
@@ -254,6 +255,6 @@ def _compiled_strip():
             fn(l, wide, *blend, chroma_table("cpu"))
     except Exception as e:  # no C++ compiler, an unsupported platform: the eager path gives the same colours
         log.warning(f"colorize: torch.compile of the recombination failed here ({type(e).__name__}: {e}); "
-            f"running it uncompiled")
+                    f"running it uncompiled")
         return None
     return fn

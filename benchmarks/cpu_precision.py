@@ -63,10 +63,9 @@ def case(data: str, recipe: str, precision: str, epochs: int) -> dict:
     return {"images_per_s": clock.photos / clock.seconds, **{str(k): float(v) for k, v in zip(names, values)}}
 
 
-def cpu_flags() -> str:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
-    return " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags) or "no AVX2"
+def cpu_units() -> str:
+    from colorgan.device import cpu_flags
+    return " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in cpu_flags()) or "no AVX2"
 
 
 def main():
@@ -90,7 +89,7 @@ def main():
             sys.exit(f"{precision} failed:\n{done.stderr[-3000:]}")
         rows[precision] = json.loads(done.stdout.rsplit("RESULT ", 1)[1])
     keys = [k for k in rows["fp32"] if k != "images_per_s"]
-    print(f"\nCPU: {os.cpu_count()} cores, {cpu_flags()}; {Path(args.recipe).name}, {args.n} photos, "
+    print(f"\nCPU: {os.cpu_count()} cores, {cpu_units()}; {Path(args.recipe).name}, {args.n} photos, "
           f"{args.epochs} epochs, validated on all of valid/")
     print("\n| precision | training images/s | " + " | ".join(keys) + " |")
     print("|---|---:|" + "---:|" * len(keys))

@@ -136,12 +136,12 @@ def _median_steps(runs: list[dict]) -> dict:
     return {**steps, "total": float(np.median([sum(r.values()) for r in runs]))}
 
 
-def cpu_flags() -> str:
+def cpu_units() -> str:
     "The CPU's model and the vector and matrix units that decide its speed here."
+    from colorgan.device import cpu_flags
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
-    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
-    units = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f in flags]
+    units = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f in cpu_flags()]
     return f"{name}, {os.cpu_count()} cores; {' '.join(units) or 'no AVX2'}"
 
 
@@ -149,7 +149,7 @@ def report_cost(args) -> None:
     cost = run_case(args, "cost", ROOT)
     pillow, network = cost["pillow"]["total"], cost["best fused"]["network"]
     floor = pillow + network
-    print(f"\n{cpu_flags()}; engine auto = {cost['engine']}; render size {args.render_size}")
+    print(f"\n{cpu_units()}; engine auto = {cost['engine']}; render size {args.render_size}")
     print("\n| 12 MP photo, JPEG in and out | recombination | end to end (s) | / best | / (Pillow + network) |")
     print("|---|---|---:|---:|---:|")
     print(f"| Pillow decode + encode alone | | {pillow:.3f} | | |")

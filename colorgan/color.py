@@ -100,9 +100,14 @@ _RESIDUAL = 4 * GAMUT_TOL  # nor is a colour the step leaves farther outside tha
 _FALLBACK_STEPS = 16  # bisection steps for those colours (0.1% of random Lab colours, near the yellow corner)
 
 
+def _reach(lin: torch.Tensor) -> torch.Tensor:
+    "(N,1,H,W): how far a linear sRGB colour's farthest channel lies from 0.5 (over 0.5: outside [0,1])."
+    return (lin - 0.5).abs_().amax(1, keepdim=True)
+
+
 def _outside(lin: torch.Tensor) -> torch.Tensor:
     "(N,1,H,W): whether a linear sRGB colour has a channel outside [0,1] (beyond float slack)."
-    return (lin - 0.5).abs().amax(1, keepdim=True) > 0.5 + GAMUT_TOL
+    return _reach(lin) > 0.5 + GAMUT_TOL
 
 
 @functools.cache
@@ -115,8 +120,7 @@ def chroma_table(device: str) -> torch.Tensor:
     cos, sin = hue.cos(), hue.sin()
 
     def inside(c):
-        lab = torch.stack([l, c * cos, c * sin])[None, :, :, None]
-        return (lab_to_linear(lab) - 0.5).abs().amax(1)[0, :, 0] <= 0.5 + GAMUT_TOL
+        return ~_outside(lab_to_linear(torch.stack([l, c * cos, c * sin])[None, :, :, None]))[0, 0, :, 0]
     scan, step = 64, _TABLE_CHROMA / 64
     lo = torch.zeros_like(l)
     for i in range(1, scan + 1):
@@ -161,6 +165,11 @@ def _chroma_parts(fy: torch.Tensor, pq: torch.Tensor, s: torch.Tensor | None) ->
 def _linear_of(parts: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     "(N,3,H,W) linear sRGB from (f_inv(fx), f_inv(fz)) (N,2,H,W) and f_inv(fy) (N,1,H,W)."
     return _mix(_FROM_FXZ, parts).addcmul_(_per_channel(_FROM_FY, y), y)
+
+
+def _linear_at(fy: torch.Tensor, y: torch.Tensor, pq: torch.Tensor, s: torch.Tensor | None) -> torch.Tensor:
+    "(N,3,H,W) linear sRGB at chroma factor `s` (None: 1) of the colours `_lab_parts` split."
+    return _linear_of(_chroma_parts(fy, pq, s)[0], y)
 
 
 def _newton_scale(fy: torch.Tensor, y: torch.Tensor, pq: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -211,15 +220,15 @@ def _fit_linear(lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     conversion is redone at it (colours inside keep factor 1). The few colours still outside then (in the sliver
     near the yellow corner where a slice of sRGB is two intervals: 0.1% of random Lab colours) get bisection."""
     l, a, b, fy, y, pq = _lab_parts(lab)
-    lin = _linear_of(_chroma_parts(fy, pq, None)[0], y)
-    reach = (lin - 0.5).abs_().amax(1, keepdim=True)  # over 0.5 (+ slack): outside
+    lin = _linear_at(fy, y, pq, None)
+    reach = _reach(lin)
     if reach.max() <= 0.5 + GAMUT_TOL:
         return torch.cat([l, a, b], 1), lin
     with torch.no_grad():  # the factors are constants to autograd, as a clip's bounds would be
         scale, redo = _gamut_factors(l, a, b, fy, y, pq, reach, chroma_table(str(lab.device)))
         if redo.any():
             scale[redo] = _bisect_chroma(l[redo], a[redo], b[redo], _FALLBACK_STEPS)
-    return torch.cat([l, a * scale, b * scale], 1), _linear_of(_chroma_parts(fy, pq, scale)[0], y)
+    return torch.cat([l, a * scale, b * scale], 1), _linear_at(fy, y, pq, scale)
 
 
 def _lab_parts(lab: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -237,8 +246,7 @@ def _gamut_factors(l, a, b, fy, y, pq, reach, table) -> tuple[torch.Tensor, torc
     scale = _newton_scale(fy, y, pq, guess)
     jumped = (scale - guess).abs().mul(chroma) > _TRUST  # the table was far off: near the yellow corner
     scale = torch.where(outside, scale, 1.0)
-    lin = _linear_of(_chroma_parts(fy, pq, scale)[0], y)
-    redo = (((lin - 0.5).abs().amax(1, keepdim=True) > 0.5 + _RESIDUAL) | jumped) & outside
+    redo = ((_reach(_linear_at(fy, y, pq, scale)) > 0.5 + _RESIDUAL) | jumped) & outside
     return scale, redo
 
 
@@ -247,9 +255,8 @@ def rgb8_and_redo(lab: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor,
     (N,H,W,3) and the (N,1,H,W) mask of colours the Newton step left untrusted, whose 8-bit values the caller
     takes from `lab_to_rgb8` instead (its bisection). `table`: `chroma_table(device)`."""
     l, a, b, fy, y, pq = _lab_parts(lab)
-    reach = (_linear_of(_chroma_parts(fy, pq, None)[0], y) - 0.5).abs().amax(1, keepdim=True)
-    scale, redo = _gamut_factors(l, a, b, fy, y, pq, reach, table)
-    return _to_8bit(_linear_of(_chroma_parts(fy, pq, scale)[0], y)), redo
+    scale, redo = _gamut_factors(l, a, b, fy, y, pq, _reach(_linear_at(fy, y, pq, None)), table)
+    return _to_8bit(_linear_at(fy, y, pq, scale)), redo
 
 
 def _to_8bit(lin: torch.Tensor) -> torch.Tensor:

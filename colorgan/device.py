@@ -70,11 +70,12 @@ def cpu_bf16_units() -> bool:
     autocast trains stage one 1.45x faster than fp32 to the same validation figures (benchmarks/cpu_precision.py);
     elsewhere it is emulated. COLORGAN_CPU_BF16=1 or 0 overrides the reading (the tests pin it to 0)."""
     forced = os.environ.get("COLORGAN_CPU_BF16", "")
-    return forced == "1" if forced in ("0", "1") else bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    return forced == "1" if forced in ("0", "1") else bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 @functools.cache
-def _cpu_flags() -> frozenset:
+def cpu_flags() -> frozenset:
+    "The CPU's feature flags (avx2, avx512f, amx_bf16, ...) as /proc/cpuinfo lists them; empty where it has none."
     info = Path("/proc/cpuinfo")
     lines = info.read_text().splitlines() if info.exists() else []
     return frozenset(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))

@@ -48,7 +48,7 @@ def test_cpu_training_takes_bf16_only_where_the_cpu_has_bf16_units(monkeypatch, 
     cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
     monkeypatch.setattr(device, "Path", lambda path: cpuinfo if path == "/proc/cpuinfo" else Path(path))
     monkeypatch.delenv("COLORGAN_CPU_BF16")
-    device._cpu_flags.cache_clear()
+    device.cpu_flags.cache_clear()
     try:
         assert resolve_policy("cpu").precision == expected
         assert resolve_precision("auto", "cpu") == "fp32"  # colorize: fp32, the colours onnxruntime gives
@@ -56,7 +56,7 @@ def test_cpu_training_takes_bf16_only_where_the_cpu_has_bf16_units(monkeypatch, 
         assert resolve_policy("cpu").precision == "bf16"
         assert resolve_policy("cpu", precision="fp32").precision == "fp32"  # a named precision always wins
     finally:
-        device._cpu_flags.cache_clear()
+        device.cpu_flags.cache_clear()
 
 
 def test_bf16_is_refused_on_a_gpu_without_it(monkeypatch):

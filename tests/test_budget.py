@@ -187,10 +187,29 @@ def test_a_frozen_body_is_timed_frozen_and_weighed_by_its_share(photo_dir, monke
     monkeypatch.setattr(colorgan.budget, "_step_s", timed)
     body = list(learn.splitter(learn.model)[0])
     frozen_during = []
+    probe_batch = colorgan.budget._Probe.before_batch
     monkeypatch.setattr(colorgan.budget._Probe, "before_batch", lambda self: frozen_during.append(
-        not any(p.requires_grad for p in body)) or setattr(self, "start", colorgan.budget.clock()))
+        not any(p.requires_grad for p in body)) or probe_batch(self))
     assert colorgan.budget.measure(learn, 0.25)[0] == pytest.approx(0.25 * 1.0 + 0.75 * 3.0)
     assert seen == [False, True] and True in frozen_during and False in frozen_during
     assert all(p.requires_grad for p in learn.model.parameters())  # thawed again
     seen.clear()
     assert colorgan.budget.measure(learn, 1.0)[0] == pytest.approx(1.0) and seen == [True]
+
+
+def test_the_step_time_counts_fetching_the_batch(photo_dir, monkeypatch):
+    "A batch that takes as long to fetch and augment as to train is timed at twice its step (fake clock: 0.5 s a reading)."
+    from colorgan.data import LabDataLoader, photo_dls
+    from colorgan.learner import pretrain_learner
+    now = [0.0]
+
+    def tick():
+        now[0] += 0.5
+        return now[0]
+    monkeypatch.setattr(colorgan.budget, "clock", tick)
+    dls = photo_dls(photo_dir, size=32, bs=2, valid_pct=0.25, augment=False, epoch_batches=8)
+    learn = pretrain_learner(dls, pretrained=False, width=0.25)
+    assert colorgan.budget.measure(learn)[0] == 0.5  # the step alone: one reading a batch
+    create = LabDataLoader.create_batch
+    monkeypatch.setattr(LabDataLoader, "create_batch", lambda self, idxs: tick() and create(self, idxs))
+    assert colorgan.budget.measure(learn)[0] == 1.0  # fetching it too

@@ -7,7 +7,9 @@ PHOTOS: a folder with train/ and valid/ (as ../shared/data). The first `--photos
 valid/ are linked into a temporary folder; each precision trains the recipe for `--epochs` from the same seed in
 its own process (its own warm-up, nothing shared). images/s: training photos over the epochs' training time
 (history.csv's time column includes validation, so it is timed here by a callback). The CPU's flags are printed:
-bf16 autocast is fast where the CPU has bf16 units (AVX512_BF16, AMX) and emulated, slow, elsewhere.
+bf16 autocast is fast where the CPU has bf16 units (AVX512_BF16, AMX) and emulated, slow, elsewhere. On a CPU with
+them, `ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2` before the command approximates one without (the caps are
+printed beside the flags; docs/performance.md).
 """
 from __future__ import annotations
 
@@ -64,8 +66,11 @@ def case(data: str, recipe: str, precision: str, epochs: int) -> dict:
 
 
 def cpu_units() -> str:
+    "The CPU's vector and bf16 units, and the kernel caps that hide some of them (ONEDNN_MAX_CPU_ISA, ...)."
     from colorgan.device import cpu_flags
-    return " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in cpu_flags()) or "no AVX2"
+    units = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in cpu_flags()) or "no AVX2"
+    caps = [f"{k}={os.environ[k]}" for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if os.environ.get(k)]
+    return units + (f" (kernels capped: {' '.join(caps)})" if caps else "")
 
 
 def main():

@@ -197,19 +197,13 @@ def test_a_frozen_body_is_timed_frozen_and_weighed_by_its_share(photo_dir, monke
     assert colorgan.budget.measure(learn, 1.0)[0] == pytest.approx(1.0) and seen == [True]
 
 
-def test_the_step_time_counts_fetching_the_batch(photo_dir, monkeypatch):
-    "A batch that takes as long to fetch and augment as to train is timed at twice its step (fake clock: 0.5 s a reading)."
+def test_the_step_time_counts_fetching_the_batch(photo_dir, monkeypatch, fake_clock):
+    "A batch that takes as long to fetch and augment as to train is timed at twice its step (0.5 s a clock reading)."
     from colorgan.data import LabDataLoader, photo_dls
     from colorgan.learner import pretrain_learner
-    now = [0.0]
-
-    def tick():
-        now[0] += 0.5
-        return now[0]
-    monkeypatch.setattr(colorgan.budget, "clock", tick)
     dls = photo_dls(photo_dir, size=32, bs=2, valid_pct=0.25, augment=False, epoch_batches=8)
     learn = pretrain_learner(dls, pretrained=False, width=0.25)
     assert colorgan.budget.measure(learn)[0] == 0.5  # the step alone: one reading a batch
     create = LabDataLoader.create_batch
-    monkeypatch.setattr(LabDataLoader, "create_batch", lambda self, idxs: tick() and create(self, idxs))
+    monkeypatch.setattr(LabDataLoader, "create_batch", lambda self, idxs: colorgan.budget.clock() and create(self, idxs))
     assert colorgan.budget.measure(learn)[0] == 1.0  # fetching it too

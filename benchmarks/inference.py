@@ -2,7 +2,8 @@
 case (the network's output replaced by gray), the worst (by the bounds of ab, a corner of the ab square at random
 pixel by pixel, every colour far outside sRGB) and the model as trained, each with the recombination compiled
 (`fused=True`, what a long folder, a film or the server get once they have done 500 MP) and uncompiled, beside Pillow's
-decode + encode of the same JPEG (the floor no colorizer beats) and the network's own time at the render size;
+decode + encode of the same JPEG (the floor no colorizer beats) and the network's own time at the render size,
+the cases taking turns `--repeats` times (a machine whose speed drifts slows them all alike), medians reported;
 where the time goes, step by step; the machine's CPU flags. Then beside an older colorgan in the same run: the 12 MP
 photo, a folder of 100 photos of 1 MP (photos/s), peak memory over the loaded model; then the network's engines
 side by side (torch fp32, channels-last, bf16, onnxruntime) with their largest ab difference from plain fp32.
@@ -86,14 +87,17 @@ def case_cost(model: str, photos: Path, render_size: int, repeats: int) -> dict:
             decoded = time.perf_counter()
             img.save(io.BytesIO(), format="JPEG", quality=95)
         return {"decode": decoded - start, "encode": time.perf_counter() - decoded}
-    result["pillow"] = _median_steps([pillow() for _ in range(repeats + 1)][1:])
+    colorizers = {}
     for fused in (True, False):
-        colorizer = Colorizer.from_artifact(model, render_size, device="cpu")
+        colorizers["fused" if fused else "eager"] = colorizer = Colorizer.from_artifact(model, render_size, device="cpu")
         colorizer.fused, result["engine"] = fused, colorizer.engine
-        for case in ("best", "worst", "trained"):
-            runs = [_timed_photo(colorizer, src, case) for _ in range(repeats + 1)][1:]  # the first warms up
-            result[f"{case} {'fused' if fused else 'eager'}"] = _median_steps(runs)
-    return result
+    runs = {}
+    for _ in range(repeats + 1):  # the cases take turns, so that a slow minute of the machine falls on all
+        runs.setdefault("pillow", []).append(pillow())
+        for mode, colorizer in colorizers.items():
+            for case in ("best", "worst", "trained"):
+                runs.setdefault(f"{case} {mode}", []).append(_timed_photo(colorizer, src, case))
+    return {**result, **{name: _median_steps(timed[1:]) for name, timed in runs.items()}}  # the first warms up
 
 
 def _timed_photo(colorizer, src: Path, case: str) -> dict:

@@ -189,10 +189,15 @@ class Colorizer:
         wide = F.interpolate(ab_small, size=(ab_small.shape[-2], w), mode="bilinear", align_corners=False)
         blend = _row_blend(ab_small.shape[-2], h)
         fused, redo = self._fused_strip(h * w), []  # redo: (row, column) of colours left to bisection
-        strip, table = (_strip_rgb8, None) if fused is None else (fused, chroma_table("cpu"))
+        outside = False  # a strip so far had a colour outside sRGB: the fused loop takes the rest unchecked
         for top in range(0, h, self.strip_rows):
             rows = slice(top, min(top + self.strip_rows, h))
-            rgb8, untrusted = strip(l[..., rows, :], wide, *(t[rows] for t in blend), table)
+            lab = _strip_lab(l[..., rows, :], wide, *(t[rows] for t in blend))
+            if outside and fused is not None:
+                rgb8, untrusted = fused(lab, chroma_table("cpu"))
+            else:
+                rgb8, untrusted = rgb8_and_redo(lab, fused=fused)
+                outside = untrusted is not None
             out[rows] = rgb8[0].numpy()
             if untrusted is not None:
                 redo.append(untrusted[0, 0].nonzero() + torch.tensor([top, 0]))
@@ -205,9 +210,9 @@ class Colorizer:
         return out
 
     def _fused_strip(self, pixels: int):
-        """The compiled strip function (`_strip_rgb8` under torch.compile) when `fused` asks for it, else None.
-        auto: on a CPU, once this Colorizer has recombined `FUSE_AFTER_PIXELS` (a compile costs 7 s with inductor's
-        disk cache to about a minute without, paid back only over a long folder, a film or a server's life:
+        """`rgb8_and_redo` compiled, for the strips with a colour outside sRGB, when `fused` asks for it, else None.
+        auto: on a CPU, once this Colorizer has recombined `FUSE_AFTER_PIXELS` (a compile costs 5-7 s with
+        inductor's disk cache, 15-50 s without, paid back only over a long folder, a film or a server's life:
         docs/performance.md)."""
         if self.fused is False or (self.fused == "auto" and (
                 self.device.type != "cpu" or self._combined_pixels + pixels <= FUSE_AFTER_PIXELS)):
@@ -234,22 +239,21 @@ def _row_blend(small: int, h: int) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return upper, (upper + 1).clamp_(max=small - 1), (src - upper).float()[:, None]
 
 
-def _strip_rgb8(l: torch.Tensor, wide: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor, weight: torch.Tensor,
-                table: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    "One strip of `combine`: its rows of chroma blended, Lab -> uint8 (`rgb8_and_redo`; branch-free when compiled)."
-    ab = torch.lerp(wide.index_select(2, upper), wide.index_select(2, lower), weight)
-    return rgb8_and_redo(torch.cat([l, ab], 1), table)
+def _strip_lab(l: torch.Tensor, wide: torch.Tensor, upper: torch.Tensor, lower: torch.Tensor,
+               weight: torch.Tensor) -> torch.Tensor:
+    "One strip of `combine` in CIELAB (1,3,rows,W): its rows of L, and of the chroma blended from `wide`'s rows."
+    return torch.cat([l, torch.lerp(wide.index_select(2, upper), wide.index_select(2, lower), weight)], 1)
 
 
 @functools.cache
 def _compiled_strip():
-    "`_strip_rgb8` compiled once a process (inductor: one fused C++ loop), or None where it cannot compile here."
-    fn = torch.compile(_strip_rgb8, dynamic=True)
+    """`rgb8_and_redo` compiled once a process (inductor: one fused C++ loop over a strip's pixels, whatever they
+    paint), or None where it cannot compile here."""
+    fn = torch.compile(rgb8_and_redo, dynamic=True)
     try:
         with torch.inference_mode():
-            l, wide = torch.full((1, 1, 3, 5), 50.0), torch.full((1, 2, 2, 5), 90.0)
-            blend = _row_blend(2, 3)
-            fn(l, wide, *blend, chroma_table("cpu"))
+            # rows and columns unlike each other and the 1 image and 3 channels: dynamo ties equal sizes together
+            fn(torch.tensor([50.0, 90.0, 90.0]).view(1, 3, 1, 1).repeat(1, 1, 5, 7), chroma_table("cpu"))
     except Exception as e:  # no C++ compiler, an unsupported platform: the eager path gives the same colours
         log.warning(f"colorize: torch.compile of the recombination failed here ({type(e).__name__}: {e}); "
                     f"running it uncompiled")

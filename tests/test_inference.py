@@ -326,15 +326,16 @@ def test_the_strips_give_the_exact_paths_colours(monkeypatch, branch_free):
     `lab_to_rgb8` of the whole photo (bisection in place): eager, and in the branch-free form torch.compile fuses
     (run uncompiled here, with torch.compile's maths)."""
     import colorgan.inference as inference
-    from colorgan.color import lab_to_rgb8, rgb8_and_redo
+    from colorgan.color import _planes_rgb8_and_redo, lab_to_rgb8, rgb8_and_redo
     l, ab = _hostile_lab()
     lab = torch.cat([l, F.interpolate(ab, size=l.shape[-2:], mode="bilinear", align_corners=False)], 1)
     assert rgb8_and_redo(lab)[1].any()  # some colours take bisection's path
     exact = lab_to_rgb8(lab)[0].numpy()
-    if branch_free:
-        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-        monkeypatch.setattr(inference, "_compiled_strip", lambda: inference._strip_rgb8)
+    calls = []
+    if branch_free:  # the strips with a colour outside go to what torch.compile compiles, run uncompiled
+        monkeypatch.setattr(inference, "_compiled_strip", lambda: lambda *a: calls.append(1) or _planes_rgb8_and_redo(*a))
     strips = Colorizer(torch.nn.Identity(), device="cpu", fused=branch_free, strip_rows=7).combine(l, ab)
+    assert len(calls) == (-(-l.shape[-2] // 7) if branch_free else 0)  # every strip has a colour outside
     differ = np.abs(exact.astype(int) - strips.astype(int))
     assert differ.max() <= 1 and (differ > 0).mean() < 1e-3  # float reassociation at a rounding edge, no more
 
@@ -342,7 +343,7 @@ def test_the_strips_give_the_exact_paths_colours(monkeypatch, branch_free):
 def test_fused_auto_compiles_only_after_enough_pixels_and_refuses_other_values(monkeypatch):
     import colorgan.inference as inference
     calls = []
-    monkeypatch.setattr(inference, "_compiled_strip", lambda: calls.append(1) or inference._strip_rgb8)
+    monkeypatch.setattr(inference, "_compiled_strip", lambda: calls.append(1) or inference.rgb8_and_redo)
     monkeypatch.setattr(inference, "FUSE_AFTER_PIXELS", 2 * 96 * 130)
     colorizer = Colorizer(torch.nn.Identity(), device="cpu")
     l, ab = _hostile_lab()

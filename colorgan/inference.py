@@ -8,7 +8,6 @@ lightness.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib.util
 import os
@@ -32,7 +31,7 @@ __all__ = ["Colorizer", "render_shape", "resolve_engine", "STRIDE", "ENGINES"]
 
 
 STRIP_ROWS = 64  # the recombination's strips: temporaries stay in cache (256 rows: 1.4x slower compiled, to 1.7x eager)
-FUSE_AFTER_PIXELS = 500_000_000  # fused="auto": compile the recombination once a Colorizer has done this many
+FUSE_AFTER_PIXELS = 500_000_000  # fused="auto": build the fused recombination once a Colorizer has done this many
 
 
 def render_shape(h: int, w: int, render_size: int, max_aspect: float = 3.0) -> tuple[int, int]:
@@ -210,14 +209,14 @@ class Colorizer:
         return out
 
     def _fused_strip(self, pixels: int):
-        """`rgb8_and_redo` compiled, for the strips with a colour outside sRGB, when `fused` asks for it, else None.
-        auto: on a CPU, once this Colorizer has recombined `FUSE_AFTER_PIXELS` (a compile costs 5-7 s with
-        inductor's disk cache, 15-50 s without, paid back only over a long folder, a film or a server's life:
+        """`rgb8_and_redo` compiled (`colorgan.fused`), for the strips with a colour outside sRGB, when `fused` asks
+        for it, else None. True: built now if this machine has not built it yet; auto, on a CPU: whenever this
+        machine has built it, and built once this Colorizer has recombined `FUSE_AFTER_PIXELS` (the build costs
+        about a minute on 2 cores, paid back only over a long folder, a film or a server's life:
         docs/performance.md)."""
-        if self.fused is False or (self.fused == "auto" and (
-                self.device.type != "cpu" or self._combined_pixels + pixels <= FUSE_AFTER_PIXELS)):
+        if self.fused is False or (self.fused == "auto" and self.device.type != "cpu"):
             return None
-        return _compiled_strip()
+        return _compiled_strip(self.fused is True or self._combined_pixels + pixels > FUSE_AFTER_PIXELS)
 
     def colorize_video(self, src: str | os.PathLike, dst: str | os.PathLike, temporal: float = 0.6, bs: int = 8,
                        progress: bool = True) -> dict:
@@ -245,17 +244,7 @@ def _strip_lab(l: torch.Tensor, wide: torch.Tensor, upper: torch.Tensor, lower: 
     return torch.cat([l, torch.lerp(wide.index_select(2, upper), wide.index_select(2, lower), weight)], 1)
 
 
-@functools.cache
-def _compiled_strip():
-    """`rgb8_and_redo` compiled once a process (inductor: one fused C++ loop over a strip's pixels, whatever they
-    paint), or None where it cannot compile here."""
-    fn = torch.compile(rgb8_and_redo, dynamic=True)
-    try:
-        with torch.inference_mode():
-            # rows and columns unlike each other and the 1 image and 3 channels: dynamo ties equal sizes together
-            fn(torch.tensor([50.0, 90.0, 90.0]).view(1, 3, 1, 1).repeat(1, 1, 5, 7), chroma_table("cpu"))
-    except Exception as e:  # no C++ compiler, an unsupported platform: the eager path gives the same colours
-        log.warning(f"colorize: torch.compile of the recombination failed here ({type(e).__name__}: {e}); "
-                    f"running it uncompiled")
-        return None
-    return fn
+def _compiled_strip(build: bool):
+    "`colorgan.fused.fused_loop`: the fused loop this machine has built (or builds now, when `build`), or None."
+    from .fused import fused_loop
+    return fused_loop(build)

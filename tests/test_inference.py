@@ -1,5 +1,6 @@
 import io
 import json
+import os
 
 import numpy as np
 import pytest
@@ -333,56 +334,76 @@ def test_the_strips_give_the_exact_paths_colours(monkeypatch, branch_free):
     exact = lab_to_rgb8(lab)[0].numpy()
     calls = []
     if branch_free:  # the strips with a colour outside go to what torch.compile compiles, run uncompiled
-        monkeypatch.setattr(inference, "_compiled_strip", lambda: lambda *a: calls.append(1) or _planes_rgb8_and_redo(*a))
+        monkeypatch.setattr(inference, "_compiled_strip",
+                            lambda build: lambda *a: calls.append(1) or _planes_rgb8_and_redo(*a))
     strips = Colorizer(torch.nn.Identity(), device="cpu", fused=branch_free, strip_rows=7).combine(l, ab)
     assert len(calls) == (-(-l.shape[-2] // 7) if branch_free else 0)  # every strip has a colour outside
     differ = np.abs(exact.astype(int) - strips.astype(int))
     assert differ.max() <= 1 and (differ > 0).mean() < 1e-3  # float reassociation at a rounding edge, no more
 
 
-def test_fused_auto_compiles_only_after_enough_pixels_and_refuses_other_values(monkeypatch):
+def test_fused_auto_builds_only_after_enough_pixels_and_refuses_other_values(monkeypatch):
     import colorgan.inference as inference
-    calls = []
-    monkeypatch.setattr(inference, "_compiled_strip", lambda: calls.append(1) or inference.rgb8_and_redo)
+    calls = []  # whether each photo asked for the fused loop to be built if this machine has none
+    monkeypatch.setattr(inference, "_compiled_strip", lambda build: calls.append(build) or None)
     monkeypatch.setattr(inference, "FUSE_AFTER_PIXELS", 2 * 96 * 130)
     colorizer = Colorizer(torch.nn.Identity(), device="cpu")
     l, ab = _hostile_lab()
-    for expected in (0, 0, 1):  # the third photo passes the threshold
+    for _ in range(3):  # the third photo passes the threshold
         colorizer.combine(l, ab)
-        assert len(calls) == expected
+    assert calls == [False, False, True]
+    Colorizer(torch.nn.Identity(), device="cpu", fused=True).combine(l, ab)
+    assert calls[-1] is True
     never = Colorizer(torch.nn.Identity(), device="cpu", fused=False)
     never._combined_pixels = 10**12
     never.combine(l, ab)
-    assert len(calls) == 1
+    assert len(calls) == 4
     with pytest.raises(ColorganError, match="fused"):
         Colorizer(torch.nn.Identity(), device="cpu", fused="yes")
 
 
-def test_a_failed_compile_falls_back_to_the_same_colours(monkeypatch, caplog):
-    import colorgan.inference as inference
+def test_a_failed_build_falls_back_to_the_same_colours(monkeypatch, caplog, tmp_path):
+    from colorgan import fused
+    monkeypatch.setenv("COLORGAN_CACHE", str(tmp_path))
 
-    def broken(fn, **kw):
-        def run(*args):
-            raise RuntimeError("no C++ compiler")
-        return run
-    monkeypatch.setattr(torch, "compile", broken)
-    inference._compiled_strip.cache_clear()
-    try:
-        l, ab = _hostile_lab()
-        out = Colorizer(torch.nn.Identity(), device="cpu", fused=True).combine(l, ab)
-        assert inference._compiled_strip() is None
-        assert "no C++ compiler" in caplog.text
-        assert (out == Colorizer(torch.nn.Identity(), device="cpu", fused=False).combine(l, ab)).all()
-    finally:
-        inference._compiled_strip.cache_clear()
+    def broken(*args, **kw):
+        raise RuntimeError("no C++ compiler")
+    monkeypatch.setattr(torch.export, "export", broken)
+    monkeypatch.setattr(fused, "_LOADED", {})
+    l, ab = _hostile_lab()
+    out = Colorizer(torch.nn.Identity(), device="cpu", fused=True).combine(l, ab)
+    assert "no C++ compiler" in caplog.text and not fused.package_path().exists()
+    caplog.clear()
+    assert fused.fused_loop(True) is None and not caplog.text  # not tried again in this process
+    assert (out == Colorizer(torch.nn.Identity(), device="cpu", fused=False).combine(l, ab)).all()
+
+
+def test_a_package_whose_stamp_does_not_match_or_that_does_not_load_is_not_used(monkeypatch, caplog, tmp_path):
+    from colorgan import fused
+    monkeypatch.setenv("COLORGAN_CACHE", str(tmp_path))
+    monkeypatch.setattr(fused, "_LOADED", {})
+    path = fused.package_path()
+    path.parent.mkdir(parents=True)
+    stamp = path.with_name(path.name + ".sha256")
+    path.write_bytes(b"half a package")
+    stamp.write_text("0" * 64)  # the hash of what was written before it was cut short
+    assert fused.fused_loop(False) is None and not caplog.text  # not loaded, not built
+    stamp.write_text(fused._sha256(path))  # stamped, yet no package
+    assert fused.fused_loop(False) is None and "not available" in caplog.text
 
 
 @pytest.mark.slow
-def test_the_compiled_recombination_gives_the_exact_paths_colours():
-    "torch.compile (inductor, a C++ loop) of the strip; about a minute to compile on 2 cores."
-    import colorgan.inference as inference
-    if inference._compiled_strip() is None:
-        pytest.skip("torch.compile cannot build here (no C++ compiler)")
+def test_the_compiled_recombination_gives_the_exact_paths_colours_and_later_processes_load_it(monkeypatch,
+                                                                                                 tmp_path):
+    "AOTInductor (a C++ loop) of the strip; about a minute to build on 2 cores, then kept for other processes."
+    import subprocess
+    import sys
+
+    from colorgan import fused as fusing
+    monkeypatch.setenv("COLORGAN_CACHE", str(tmp_path))
+    monkeypatch.setattr(fusing, "_LOADED", {})
+    if fusing.fused_loop(True) is None:
+        pytest.skip("the fused loop cannot be built here (no C++ compiler)")
     l, ab = _hostile_lab(300, 410, seed=1)
     fused = Colorizer(torch.nn.Identity(), device="cpu", fused=True)
     compiled = fused.combine(l, ab)
@@ -393,3 +414,5 @@ def test_the_compiled_recombination_gives_the_exact_paths_colours():
     levels = np.arange(256, dtype=np.uint8).repeat(40).reshape(64, 160)
     back = fused.combine(lightness_of_gray8(levels), torch.zeros(1, 2, 4, 5))
     assert (back == levels[..., None]).all()  # a gray photo with no chroma comes back level for level
+    later = "from colorgan.fused import fused_loop; import sys; sys.exit(fused_loop(False) is None)"
+    assert subprocess.run([sys.executable, "-c", later], env=os.environ).returncode == 0  # loaded, not rebuilt

@@ -6,6 +6,7 @@ changed or replaced file is never loaded.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
@@ -27,9 +28,13 @@ _LOADED: dict[Path, object] = {}  # this process's loaded loops, and the package
 
 def package_path() -> Path:
     "Where this machine's fused loop lives (or will), in the cache folder."
+    return default_cache_dir() / "fused" / f"recombine-{_key()}.pt2"
+
+
+@functools.cache
+def _key() -> str:
     parts = [torch.__version__, _sha256(Path(color.__file__)), platform.machine(), sorted(cpu_flags())]
-    key = hashlib.sha256(repr(parts).encode()).hexdigest()[:24]
-    return default_cache_dir() / "fused" / f"recombine-{key}.pt2"
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:24]
 
 
 def _sha256(path: Path) -> str:
@@ -69,7 +74,7 @@ def _build(path: Path) -> None:
 def fused_loop(build: bool):
     """The fused loop as a callable (lab strip, chroma table) -> (uint8 strip, colours to redo), like
     `color.rgb8_and_redo`: loaded from the cache folder when this machine has built it, else, when `build`, compiled
-    now (about a minute on 2 cores) and kept there. None where there is none and `build` is false, or where it cannot
+    now (12-25 s on 2 cores here) and kept there. None where there is none and `build` is false, or where it cannot
     be built or loaded here (warned once a process; the eager path gives the same colours)."""
     path = package_path()
     if path in _LOADED:

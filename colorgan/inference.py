@@ -212,8 +212,7 @@ class Colorizer:
         """`rgb8_and_redo` compiled (`colorgan.fused`), for the strips with a colour outside sRGB, when `fused` asks
         for it, else None. True: built now if this machine has not built it yet; auto, on a CPU: whenever this
         machine has built it, and built once this Colorizer has recombined `FUSE_AFTER_PIXELS` (the build costs
-        about a minute on 2 cores, paid back only over a long folder, a film or a server's life:
-        docs/performance.md)."""
+        12-25 s on 2 cores here, once a machine; docs/performance.md)."""
         if self.fused is False or (self.fused == "auto" and self.device.type != "cpu"):
             return None
         return _compiled_strip(self.fused is True or self._combined_pixels + pixels > FUSE_AFTER_PIXELS)

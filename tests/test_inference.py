@@ -395,7 +395,7 @@ def test_a_package_whose_stamp_does_not_match_or_that_does_not_load_is_not_used(
 @pytest.mark.slow
 def test_the_compiled_recombination_gives_the_exact_paths_colours_and_later_processes_load_it(monkeypatch,
                                                                                                  tmp_path):
-    "AOTInductor (a C++ loop) of the strip; about a minute to build on 2 cores, then kept for other processes."
+    "AOTInductor (a C++ loop) of the strip; 12-25 s to build on 2 cores here, then kept for other processes."
     import subprocess
     import sys
 

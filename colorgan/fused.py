@@ -18,7 +18,7 @@ import torch
 from . import color
 from .device import cpu_flags
 from .photos import default_cache_dir
-from .utils import atomic_path, log
+from .utils import is_stamped, log, sha256_of, write_stamp
 
 __all__ = ["fused_loop", "package_path"]
 
@@ -33,20 +33,8 @@ def package_path() -> Path:
 
 @functools.cache
 def _key() -> str:
-    parts = [torch.__version__, _sha256(Path(color.__file__)), platform.machine(), sorted(cpu_flags())]
+    parts = [torch.__version__, sha256_of(Path(color.__file__)), platform.machine(), sorted(cpu_flags())]
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:24]
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _stamped(path: Path) -> bool:
-    stamp = path.with_name(path.name + ".sha256")
-    try:
-        return path.is_file() and stamp.is_file() and stamp.read_text().strip() == _sha256(path)
-    except OSError:
-        return False
 
 
 class _Strip(torch.nn.Module):
@@ -67,8 +55,7 @@ def _build(path: Path) -> None:
         built = Path(work) / path.name
         torch._inductor.aoti_compile_and_package(program, package_path=str(built))
         os.replace(built, path)
-    with atomic_path(path.with_name(path.name + ".sha256")) as tmp:
-        tmp.write_text(_sha256(path))
+    write_stamp(path)
 
 
 def fused_loop(build: bool):
@@ -79,12 +66,11 @@ def fused_loop(build: bool):
     path = package_path()
     if path in _LOADED:
         return _LOADED[path]
-    if not _stamped(path):
-        if not build:
-            return None
-        log.info(f"colorize: compiling the recombination for this machine, once (kept in {path.parent})")
     try:
-        if not _stamped(path):
+        if not is_stamped(path):
+            if not build:
+                return None
+            log.info(f"colorize: compiling the recombination for this machine, once (kept in {path.parent})")
             _build(path)
         runner = torch._inductor.aoti_load_package(str(path))
     except Exception as e:  # no C++ compiler, an unsupported platform, a package from a broken build

@@ -8,7 +8,6 @@ lightness.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import shutil
@@ -24,7 +23,7 @@ from .models import STRIDE
 from .color import chroma_table, denorm_ab, lab_to_rgb8, norm_l, rgb8_and_redo
 from .device import resolve_device, resolve_precision
 from .photos import default_cache_dir, pil_to_l
-from .utils import ColorganError, atomic_path, log
+from .utils import ColorganError, is_stamped, log, sha256_of, write_stamp
 
 __all__ = ["Colorizer", "render_shape", "resolve_engine", "STRIDE", "ENGINES"]
 
@@ -61,30 +60,21 @@ def resolve_engine(engine: str, device: torch.device, precision: str) -> str:
     return engine
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def cached_onnx(artifact: Path) -> Path:
     """The artefact's ONNX graph in the cache folder, under the artefact's hash, exported once and checked against
     torch within 1e-3. A stamp beside it holds the graph's own hash: a cached file that was truncated, emptied,
     changed or replaced (by a folder, another model's graph) no longer matches it and is exported again."""
     from .export import export_onnx
-    path = default_cache_dir() / "onnx" / f"generator-{_sha256(artifact)[:24]}.onnx"
-    stamp = path.with_name(path.name + ".sha256")
-    try:
-        if path.is_file() and stamp.is_file() and stamp.read_text().strip() == _sha256(path):
-            return path
-    except OSError:
-        pass
+    path = default_cache_dir() / "onnx" / f"generator-{sha256_of(artifact)[:24]}.onnx"
+    if is_stamped(path):
+        return path
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     path.unlink(missing_ok=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     log.info(f"exporting {artifact} for onnxruntime, once (kept in {path.parent})")
     export_onnx(artifact, path)  # named only once written and checked: a failed export leaves no file
-    with atomic_path(stamp) as tmp:
-        tmp.write_text(_sha256(path))
+    write_stamp(path)
     return path
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import shutil
@@ -73,6 +74,29 @@ def atomic_write_bytes(dest: str | os.PathLike, data: bytes) -> None:
             os.fsync(f.fileno())
         if os.path.getsize(tmp) != len(data):
             raise OSError(errno.ENOSPC, f"only {os.path.getsize(tmp)} of {len(data)} bytes reached the disk", str(tmp))
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _stamp(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def is_stamped(path: Path) -> bool:
+    """Whether `path` is a file whose stamp beside it (NAME.sha256) holds its hash: a cached file that was cut short,
+    emptied, changed or replaced (by a folder, another file) no longer matches it."""
+    try:
+        return path.is_file() and _stamp(path).is_file() and _stamp(path).read_text().strip() == sha256_of(path)
+    except OSError:
+        return False
+
+
+def write_stamp(path: Path) -> None:
+    "The stamp `is_stamped` checks, written atomically once `path` is complete."
+    with atomic_path(_stamp(path)) as tmp:
+        tmp.write_text(sha256_of(path))
 
 
 def _umask() -> int:

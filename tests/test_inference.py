@@ -380,6 +380,7 @@ def test_a_failed_build_falls_back_to_the_same_colours(monkeypatch, caplog, tmp_
 
 def test_a_package_whose_stamp_does_not_match_or_that_does_not_load_is_not_used(monkeypatch, caplog, tmp_path):
     from colorgan import fused
+    from colorgan.utils import sha256_of
     monkeypatch.setenv("COLORGAN_CACHE", str(tmp_path))
     monkeypatch.setattr(fused, "_LOADED", {})
     path = fused.package_path()
@@ -388,7 +389,7 @@ def test_a_package_whose_stamp_does_not_match_or_that_does_not_load_is_not_used(
     path.write_bytes(b"half a package")
     stamp.write_text("0" * 64)  # the hash of what was written before it was cut short
     assert fused.fused_loop(False) is None and not caplog.text  # not loaded, not built
-    stamp.write_text(fused._sha256(path))  # stamped, yet no package
+    stamp.write_text(sha256_of(path))  # stamped, yet no package
     assert fused.fused_loop(False) is None and "not available" in caplog.text
 
 

@@ -357,6 +357,9 @@ def test_fused_auto_builds_only_after_enough_pixels_and_refuses_other_values(mon
     never = Colorizer(torch.nn.Identity(), device="cpu", fused=False)
     never._combined_pixels = 10**12
     never.combine(l, ab)
+    on_gpu = Colorizer(torch.nn.Identity(), device="cpu")
+    on_gpu.device, on_gpu._combined_pixels = torch.device("cuda"), 10**12  # auto: the fused loop is a CPU's
+    assert on_gpu._fused_strip(1) is None
     assert len(calls) == 4
     with pytest.raises(ColorganError, match="fused"):
         Colorizer(torch.nn.Identity(), device="cpu", fused="yes")

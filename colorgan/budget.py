@@ -39,6 +39,7 @@ class Plan:
     valid_s: float
     save_s: float
     spent_s: float = 0.0  # already gone when the plan was made: loading photos, building nets, the timing itself
+    fixed_epochs: bool = False  # the recipe set the epoch length (how often to validate): only the count is sized
 
     @property
     def planned_s(self) -> float:
@@ -55,7 +56,7 @@ def plan_budget(minutes: float, step_s: float, valid_s: float, save_s: float, na
     budget, overhead = max(minutes * 60 - spent_s, step_s) * MARGIN, valid_s + save_s
     if epoch_batches:
         n_epoch = max(1, int(budget // (epoch_batches * step_s + overhead)))
-        return Plan(minutes, n_epoch, epoch_batches, step_s, valid_s, save_s, spent_s)
+        return Plan(minutes, n_epoch, epoch_batches, step_s, valid_s, save_s, spent_s, fixed_epochs=True)
     full_epoch = natural_batches * step_s + overhead
     if budget >= full_epoch:
         n_epoch = min(MAX_EPOCHS, int(budget // full_epoch))
@@ -159,20 +160,41 @@ def fit_to_budget(learn, minutes: float, started: float, freeze_pct: float = 0.0
 
 class BudgetClock(Callback):
     """Shows the time left of the budget beside the epoch bar and in the log, and at the end the planned and actual
-    minutes (the actual ones counting from this fit's start: a resumed run counts what it adds)."""
+    minutes (the actual ones counting from this fit's start: a resumed run counts what it adds). After the first
+    epoch of a new run whose plan sized the epochs, the rest are resized to what that epoch really took (`replan`):
+    a few timed batches misjudge a machine whose speed drifts, a whole epoch much less. Every epoch stays
+    1/n_epoch of the one-cycle schedule (fastai's `pct_train`), so only the budget's use changes; the resolved
+    recipe keeps the first plan, which `--resume` follows."""
     order = 70
 
     def __init__(self, plan: Plan, resumed: bool = False):
         self.plan, self.resumed = plan, resumed
 
     def before_fit(self): self.start = clock() - (0.0 if self.resumed else self.plan.spent_s)
+    def before_train(self): self.train_start = clock()
+    def after_train(self): self.train_s, self.train_batches = clock() - self.train_start, self.n_iter
 
     def after_epoch(self):
+        if self.epoch == 0 and not (self.resumed or self.plan.fixed_epochs) and self.n_epoch > 1:
+            self.replan()
         used = (clock() - self.start) / 60
         left = max(0.0, self.plan.minutes - used)
         if getattr(self.learn, "progress", None) is not None and getattr(self.learn.progress, "mbar", None):
             self.learn.progress.mbar.main_bar.comment = f"{left:.1f} of {self.plan.minutes:g} min left"
         log.info(f"epoch {self.epoch + 1}/{self.plan.n_epoch}: {used:.1f} min so far, about {left:.1f} min left")
+
+    def replan(self) -> None:
+        "The remaining epochs' length from the first one's: its seconds a batch, and the rest of it (validation...)."
+        step_s = self.train_s / max(1, self.train_batches)
+        rest_s = max(0.0, clock() - self.train_start - self.train_s)
+        left = (self.plan.minutes * 60 - (clock() - self.start)) * MARGIN / (self.n_epoch - 1)
+        batches = broadcast_object(max(1, int((left - rest_s) // max(step_s, 1e-9))))
+        dl = getattr(self.dls.train, "dl", self.dls.train)  # the loader inside DDP's wrapper, as fit_to_budget set it
+        planned = getattr(dl, "epoch_batches", None)
+        if planned and abs(batches - planned) > 0.05 * planned:
+            log.info(f"the first epoch ran at {step_s:.2f} s a batch, not the planned {self.plan.step_s:.2f}: the "
+                     f"remaining {self.n_epoch - 1} epochs get {batches} batches each, not {planned}")
+            dl.epoch_batches = batches
 
     def after_fit(self):
         actual = (clock() - self.start) / 60

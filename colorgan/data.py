@@ -26,24 +26,35 @@ from .photos import PhotoSet, decode_photo, find_photos, fit_photo, load_photos,
 from .show import show_columns
 from .utils import ColorganError, log
 
-__all__ = ["ToLab", "LabDataLoader", "LabDataLoaders", "photo_dls", "split_photos", "split_indices", "random_resized_crop"]
+__all__ = ["ToLab", "LabDataLoader", "LabDataLoaders", "photo_dls", "split_photos", "split_indices", "random_resized_crop",
+           "crop_thetas", "crop"]
+
+
+def crop_thetas(n: int, min_scale: float = 0.35, ratio=(3 / 4, 4 / 3), flip_p: float = 0.5,
+                device=None) -> torch.Tensor:
+    "n random resized crops with horizontal flips, as `affine_grid` matrices (n,2,3) for `crop`."
+    area = torch.empty(n, device=device).uniform_(min_scale, 1.0)
+    log_r = torch.empty(n, device=device).uniform_(math.log(ratio[0]), math.log(ratio[1]))
+    w = (area * log_r.exp()).sqrt().clamp(max=1.0)
+    h = (area / log_r.exp()).sqrt().clamp(max=1.0)
+    cx = (torch.rand(n, device=device) * 2 - 1) * (1 - w)
+    cy = (torch.rand(n, device=device) * 2 - 1) * (1 - h)
+    flip = torch.where(torch.rand(n, device=device) < flip_p, -1.0, 1.0)
+    theta = torch.zeros(n, 2, 3, device=device)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = w * flip, cx, h, cy
+    return theta
+
+
+def crop(rgb: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    "Each photo of a batch (N,C,H,W) cropped and resized back to (H,W) by its `crop_thetas` matrix, in one call."
+    grid = F.affine_grid(theta.to(rgb.device, rgb.dtype), list(rgb.shape), align_corners=False)
+    return F.grid_sample(rgb, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
 def random_resized_crop(rgb: torch.Tensor, min_scale: float = 0.35, ratio=(3 / 4, 4 / 3),
                         flip_p: float = 0.5) -> torch.Tensor:
     "Per-sample random resized crop and horizontal flip of a batch (N,C,H,W), in one `grid_sample` call."
-    n, dev = rgb.shape[0], rgb.device
-    area = torch.empty(n, device=dev).uniform_(min_scale, 1.0)
-    log_r = torch.empty(n, device=dev).uniform_(math.log(ratio[0]), math.log(ratio[1]))
-    w = (area * log_r.exp()).sqrt().clamp(max=1.0)
-    h = (area / log_r.exp()).sqrt().clamp(max=1.0)
-    cx = (torch.rand(n, device=dev) * 2 - 1) * (1 - w)
-    cy = (torch.rand(n, device=dev) * 2 - 1) * (1 - h)
-    flip = torch.where(torch.rand(n, device=dev) < flip_p, -1.0, 1.0)
-    theta = torch.zeros(n, 2, 3, device=dev)
-    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = w * flip, cx, h, cy
-    grid = F.affine_grid(theta, list(rgb.shape), align_corners=False)
-    return F.grid_sample(rgb, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return crop(rgb, crop_thetas(rgb.shape[0], min_scale, ratio, flip_p, rgb.device))
 
 
 class CachedPhotos:
@@ -76,8 +87,12 @@ class ToLab(ItemTransform):
         self.augment, self.min_scale, self.with_target = augment, min_scale, with_target
 
     def encodes(self, b):  # unannotated: fastai dispatches Transforms on annotations
+        "uint8 (N,H,W,3), or (uint8, crop matrices): the crops given (`crop_thetas`) instead of random ones."
+        b, theta = b if isinstance(b, (tuple, list)) else (b, None)
         rgb = b.permute(0, 3, 1, 2).float().div_(255)
-        if self.augment:
+        if theta is not None:
+            rgb = crop(rgb, theta)
+        elif self.augment:
             rgb = random_resized_crop(rgb, self.min_scale)
         l, ab = lab_to_model(rgb_to_lab(rgb))
         if l.is_cuda:
@@ -96,6 +111,7 @@ class LabDataLoader(DataLoader):
                  min_scale: float = 0.35, epoch_batches: int | None = None, with_target: bool = True, **kwargs):
         super().__init__(dataset, bs=bs, shuffle=shuffle, **kwargs)
         self.to_lab, self.epoch_batches, self._queue = ToLab(augment, min_scale, with_target), epoch_batches, []
+        self.views = None  # a `colorgan.features.FeatureViews` of this dataset: batches of its views, with features
 
     augment = property(lambda self: self.to_lab.augment)
     min_scale = property(lambda self: self.to_lab.min_scale)
@@ -128,9 +144,14 @@ class LabDataLoader(DataLoader):
         b = torch.from_numpy(np.ascontiguousarray(self.dataset[np.asarray(idxs)]))
         if self.device is not None and torch.device(self.device).type == "cuda":
             b = b.pin_memory().to(self.device, non_blocking=True)
-        return b
+        return b if self.views is None else (b, *self.views.draw(np.asarray(idxs)))
 
-    def after_batch(self, b: torch.Tensor) -> tuple: return self.to_lab(b)
+    def after_batch(self, b) -> tuple:
+        "(L, ab) of the batch; with `views`, (L, ab, *the body's features) of one stored view of each photo."
+        if not isinstance(b, tuple):
+            return self.to_lab(b)
+        rgb, theta, *features = b
+        return (*self.to_lab((rgb, theta)), *features)
 
     def new(self, dataset=None, cls=None, **kwargs):
         kwargs = {"augment": self.augment, "min_scale": self.min_scale, "epoch_batches": self.epoch_batches,

@@ -19,6 +19,7 @@ from .budget import BudgetClock, clock, fit_to_budget
 from .callbacks import probing
 from .device import DevicePolicy, resolve_policy
 from .distributed import is_distributed
+from .features import FrozenFeatures
 from .losses import ColourClassLoss, RebalancedL1, colour_prior, rebalance_weights
 from .metrics import TintGain, colorfulness_metric, false_color_metric, psnr_metric, wrong_hue_metric
 from .models import body_head_split, build_generator, class_head
@@ -127,8 +128,8 @@ def colour_loss(dls: DataLoaders, rebalance: float = 0.0, head: torch.nn.Module 
 
 def pretrain_learner(dls: DataLoaders, model: torch.nn.Module | None = None, wd: float = 1e-4,
                      precision: str = "auto", fused_adam: bool | str = "auto", channels_last: bool | str = "auto",
-                     compile: bool | str = False, rebalance: float = 0.0, loss: str = "auto", path: str = ".",
-                     cbs=None, metrics=(), **generator_kwargs) -> Learner:
+                     compile: bool | str = False, rebalance: float = 0.0, loss: str = "auto",
+                     feature_views: int = 0, path: str = ".", cbs=None, metrics=(), **generator_kwargs) -> Learner:
     """Stage one: the generator (built from `generator_kwargs` by `build_generator` unless `model` is given) on L1
     of ab, or (`loss` auto with a class head, or "classes") cross-entropy over the ab cells, weighted towards rare
     colours by `rebalance` (`colour_loss`; "l1" forces L1: stage two's term), with PSNR of the RGB result, the
@@ -138,7 +139,9 @@ def pretrain_learner(dls: DataLoaders, model: torch.nn.Module | None = None, wd:
     The device policy (`colorgan.device.resolve_policy` on the data's device) sets `precision` (auto: bf16 or fp16
     on GPUs; on a CPU bf16 where it has bf16 units, else fp32), the AdamW kernel (`fused_adam`), `channels_last`
     and `compile` (True or a torch.compile backend's name); `learn.policy` says what it decided. `metrics` come
-    first in the table, before these six."""
+    first in the table, before these six. `feature_views` above 0 trains the decoder on the frozen body's features
+    of that many stored views of each training photo, computed once (`colorgan.features.FrozenFeatures`; the body
+    stays frozen for every fit)."""
     policy = resolve_policy(dls.device, precision, fused_adam, channels_last, compile)
     if model is None:
         model = build_generator(img_size=dls.train.size, **generator_kwargs)
@@ -149,7 +152,7 @@ def pretrain_learner(dls: DataLoaders, model: torch.nn.Module | None = None, wd:
                     loss_func=colour_loss(dls, rebalance, head), opt_func=adamw(policy.fused_adam), wd=wd, splitter=body_head_split,
                     metrics=[*metrics, psnr_metric(), colorfulness_metric(), colorfulness_metric("real"),
                              false_color_metric(), wrong_hue_metric(), TintGain()],
-                    path=path, cbs=cbs)
+                    path=path, cbs=[*(cbs or []), *([FrozenFeatures(feature_views)] if feature_views else [])])
     return apply_policy(learn, policy)
 
 

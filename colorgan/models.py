@@ -196,12 +196,12 @@ def build_generator(arch: str = "resnet18", pretrained: bool = True, weights: st
     timm's hub; `weights` loads a local state dict (timm's layout, or EfficientNet-PyTorch's for the Lite nets).
     `self_attention`, `blur` and `spectral_norm` are the decoder options DeOldify found useful. `width` below 1
     narrows a resnet's channels (and so the decoder's) for training from scratch: 0.25 has 1/16 of the weights.
-    `out_stride` 2 or 4 ends the decoder at 1/2 or 1/4 of the input size and resizes ab bilinearly to it (colour
-    is low-frequency): the decoder's costliest full-size stages go. `head` "classes" ends in logits over the cells
+    `out_stride` 2, 4 or 8 ends the decoder at that fraction of the input size and resizes ab bilinearly to it
+    (colour is low-frequency): the decoder's costliest full-size stages go. `head` "classes" ends in logits over the cells
     of the ab plane read out by their annealed mean (Zhang et al. 2016; stage one trains it on `ColourClassLoss`)
     instead of ab bounded by a sigmoid ("ab", trained on L1)."""
-    if out_stride not in (1, 2, 4):
-        raise ColorganError(f"model out_stride must be 1, 2 or 4, not {out_stride}")
+    if out_stride not in (1, 2, 4, 8):
+        raise ColorganError(f"model out_stride must be 1, 2, 4 or 8, not {out_stride}")
     if head not in HEADS:
         raise ColorganError(f"model head must be one of {', '.join(HEADS)}, not '{head}'")
     model = _timm_model(arch, pretrained, weights, width)

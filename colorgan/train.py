@@ -38,7 +38,8 @@ DATA_LIMITS = {"size": whole(32, 4096), "bs": whole(1), "valid_pct": number(0, 1
                "epoch_batches": whole(1, optional=True), "decode_workers": whole(1, optional=True)}
 LEARNER_LIMITS = {"wd": number(0), "precision": one_of("auto", "fp32", "bf16", "fp16"),
                   "loss": one_of("auto", "l1", "classes"),
-                  "ema_decay": number(0, 1, high_open=True, optional=True), "rebalance": number(0, 1, high_open=True)}
+                  "ema_decay": number(0, 1, high_open=True, optional=True), "rebalance": number(0, 1, high_open=True),
+                  "feature_views": whole(0, 64)}
 _LR = number(0, low_open=True, optional=True)[0]
 FIT_LIMITS = {"n_epoch": whole(1, optional=True), "minutes": number(0, 7 * 24 * 60, low_open=True, optional=True),
               "div": number(0, low_open=True),
@@ -50,7 +51,7 @@ FIT = Section(fit_pretrain, ("learn", "cbs", "reset_opt", "start_epoch"),
 PRETRAIN_SCHEMA = {
     "data": Section(photo_dls, ("path",), DATA_LIMITS),
     "model": Section(build_generator, ("img_size",), {"width": number(0, 1, low_open=True),
-                                                      "out_stride": one_of(1, 2, 4), "head": one_of("ab", "classes")}),
+                                                      "out_stride": one_of(1, 2, 4, 8), "head": one_of("ab", "classes")}),
     "learner": Section(pretrain_learner, ("dls", "model", "path", "cbs", "metrics"), LEARNER_LIMITS),
     "fit": FIT,
     "log": Section(tensorboard_callback),
@@ -99,6 +100,15 @@ def _budget_or_epochs(recipe: dict, minutes: float | None) -> dict:
     return recipe
 
 
+def _check_views(recipe: dict) -> dict:
+    "Stored features of the body (stage one's learner.feature_views) need the body frozen throughout."
+    views, freeze = recipe["learner"].get("feature_views"), recipe["fit"]["freeze_pct"] or 0
+    if views and freeze < 1:
+        raise RecipeError(f"learner.feature_views = {views} stores the frozen body's features, but fit.freeze_pct = "
+                          f"{freeze:g} thaws the body: set fit.freeze_pct = 1, or learner.feature_views = 0")
+    return recipe
+
+
 def prepare_run(out, recipe, overrides, schema: dict, resume: bool, overwrite: bool,
                 minutes: float | None = None) -> dict:
     """Load and validate the recipe (a run being resumed uses its own resolved recipe, plus any overrides) and
@@ -115,7 +125,7 @@ def prepare_run(out, recipe, overrides, schema: dict, resume: bool, overwrite: b
         if is_main_process():
             clear_stale_temporaries(run)
         return resolved
-    resolved = _budget_or_epochs(load_recipe(recipe, schema, overrides), minutes)
+    resolved = _check_views(_budget_or_epochs(load_recipe(recipe, schema, overrides), minutes))
     _check_log(run, resolved)
     if (run / ARTIFACT_NAME).exists() or (run / LAST).exists():
         if not overwrite:

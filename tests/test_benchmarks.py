@@ -96,8 +96,9 @@ def test_video_benchmark_prints_frames_per_second_and_flicker(artefact):
 
 @pytest.mark.slow
 def test_imagenet_features_prints_its_probe(photo_dir):
-    r = subprocess.run([sys.executable, str(BENCH / "imagenet_features.py"), str(photo_dir), "--probe-photos", "8"],
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, str(BENCH / "imagenet_features.py"), str(photo_dir), "--probe-photos", "8",
+                        "--probe-sizes", "64", "96"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    probes = [line for line in r.stdout.splitlines() if line.startswith("| probe:")]
-    assert len(probes) == 3 and all(line.rstrip(" |").endswith("%") for line in probes)
+    for size in (64, 96):
+        probes = [line for line in r.stdout.splitlines() if line.startswith(f"| probe, lite0, {size} px:")]
+        assert len(probes) == 3 and all(line.rstrip(" |").endswith("%") for line in probes)

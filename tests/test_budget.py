@@ -207,3 +207,51 @@ def test_the_step_time_counts_fetching_the_batch(photo_dir, monkeypatch, fake_cl
     create = LabDataLoader.create_batch
     monkeypatch.setattr(LabDataLoader, "create_batch", lambda self, idxs: colorgan.budget.clock() and create(self, idxs))
     assert colorgan.budget.measure(learn)[0] == 1.0  # fetching it too
+
+
+class _Seconds:
+    "A clock that only the fit moves: each training batch `step` s, each validation pass 1 s."
+    def __init__(self, monkeypatch, step: float):
+        self.now, self.step, self.lengths = 0.0, step, []
+        monkeypatch.setattr(colorgan.budget, "clock", lambda: self.now)
+
+    def callback(self):
+        from fastai.callback.core import Callback
+        seconds = self
+
+        class Tick(Callback):
+            order = 60  # before BudgetClock (70): an epoch's batches and validation are over when it reads the clock
+            def before_train(self): seconds.lengths.append(len(self.dls.train))
+            def after_batch(self): seconds.now += seconds.step if self.training else 0.0
+            def after_validate(self): seconds.now += 1.0
+        return Tick()
+
+
+@pytest.mark.parametrize("step, lengths", [(2.0, [17, 5, 5]), (0.5, [17, 44, 44]), (1.0, [17, 18, 18])])
+def test_the_first_epoch_resizes_the_rest_when_the_plan_misjudged_the_step(photo_dir, monkeypatch, step, lengths):
+    """A plan for 1 minute made at 1 s a batch (3 epochs of 17, validation 1 s: 54 s of 55.8); the batches really
+    take `step` (1 s: as planned, and the last 2 s of the margin filled): after the first epoch the other two fill
+    what is left, and the fit ends within the minute."""
+    from colorgan.budget import BudgetClock, Plan
+    from colorgan.data import photo_dls
+    from colorgan.learner import pretrain_learner
+    seconds = _Seconds(monkeypatch, step)
+    plan = Plan(minutes=1, n_epoch=3, epoch_batches=17, step_s=1.0, valid_s=1.0, save_s=0.0)
+    dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False, epoch_batches=17, decode_workers=1)
+    learn = pretrain_learner(dls, pretrained=False, width=0.25)
+    learn.fit_one_cycle(3, 1e-3, cbs=[BudgetClock(plan), seconds.callback()])
+    assert seconds.lengths == lengths
+    assert 0.9 * 60 <= seconds.now <= 60
+
+
+def test_a_recipes_epoch_length_is_not_resized(photo_dir, monkeypatch):
+    "Stage two's epochs are how often it validates and keeps its best: a slow first epoch leaves them as they are."
+    from colorgan.budget import BudgetClock
+    from colorgan.data import photo_dls
+    from colorgan.learner import pretrain_learner
+    seconds = _Seconds(monkeypatch, 2.0)
+    plan = plan_budget(1, step_s=1.0, valid_s=1.0, save_s=0.0, natural_batches=2, epoch_batches=5)
+    dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False, epoch_batches=5, decode_workers=1)
+    learn = pretrain_learner(dls, pretrained=False, width=0.25)
+    learn.fit_one_cycle(2, 1e-3, cbs=[BudgetClock(plan), seconds.callback()])
+    assert seconds.lengths == [5, 5]

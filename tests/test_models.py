@@ -159,7 +159,7 @@ def test_weights_file_in_lukemelas_layout_loads(tmp_path):
     assert torch.equal(g[0][2][0].conv_dw.weight, raw["_blocks.0._depthwise_conv.weight"])
 
 
-@pytest.mark.parametrize("out_stride, blocks", [(1, 4), (2, 4), (4, 3)])
+@pytest.mark.parametrize("out_stride, blocks", [(1, 4), (2, 4), (4, 3), (8, 2)])
 def test_out_stride_ends_the_decoder_early(out_stride, blocks):
     from fastai.layers import MergeLayer
     from fastai.vision.models.unet import UnetBlock

@@ -185,9 +185,9 @@ class BudgetClock(Callback):
 
     def replan(self) -> None:
         "The remaining epochs' length from the first one's: its seconds a batch, and the rest of it (validation...)."
-        step_s = self.train_s / max(1, self.train_batches)
-        rest_s = max(0.0, clock() - self.train_start - self.train_s)
-        left = (self.plan.minutes * 60 - (clock() - self.start)) * MARGIN / (self.n_epoch - 1)
+        now, step_s = clock(), self.train_s / max(1, self.train_batches)
+        rest_s = max(0.0, now - self.train_start - self.train_s)
+        left = (self.plan.minutes * 60 - (now - self.start)) * MARGIN / (self.n_epoch - 1)
         batches = broadcast_object(max(1, int((left - rest_s) // max(step_s, 1e-9))))
         dl = getattr(self.dls.train, "dl", self.dls.train)  # the loader inside DDP's wrapper, as fit_to_budget set it
         planned = getattr(dl, "epoch_batches", None)

@@ -75,6 +75,7 @@ def compute_views(unet: torch.nn.Module, dl, n_views: int, amp_dtype: torch.dtyp
     settings; one view, the whole photo, when it does not augment), the body in eval mode, under autocast to
     `amp_dtype` when given (the Learner's precision)."""
     body, hooks, n = unet[0], skip_hooks(unet), len(dl.dataset)
+    key = _key(body, dl.dataset, n_views)  # the views asked for, which FrozenFeatures compares against
     if dl.augment:
         thetas = torch.stack([crop_thetas(n, dl.min_scale) for _ in range(n_views)], 1)
     else:
@@ -98,7 +99,7 @@ def compute_views(unet: torch.nn.Module, dl, n_views: int, amp_dtype: torch.dtyp
                     f[pos, v] = o.cpu()
     finally:
         body.train(was_training)
-    return FeatureViews(thetas, features, _key(body, dl.dataset, n_views))
+    return FeatureViews(thetas, features, key)
 
 
 class FrozenFeatures(Callback):

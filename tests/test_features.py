@@ -138,3 +138,15 @@ def test_a_budgeted_run_on_stored_features(photo_dir, tmp_path):
     pretrain(photo_dir, out, recipe, minutes=0.2)
     net, meta = load_generator(out / "generator.pth")
     assert meta["recipe"]["learner"]["feature_views"] == 2
+
+
+def test_without_augmentation_one_view_of_each_photo_is_computed_once(photo_dir, monkeypatch):
+    "augment=False: the whole photo is the one view, whatever the views asked for; a second fit reuses it."
+    dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False, epoch_batches=3, decode_workers=1)
+    learn = pretrain_learner(dls, pretrained=False, width=0.25, feature_views=3)
+    computed, real = [], colorgan.features.compute_views
+    monkeypatch.setattr(colorgan.features, "compute_views", lambda *a, **k: computed.append(1) or real(*a, **k))
+    learn.fit(1, 1e-3)
+    learn.fit(1, 1e-3)
+    views = learn.cbs.filter(lambda c: isinstance(c, FrozenFeatures))[0].views
+    assert views.n_views == 1 and computed == [1]

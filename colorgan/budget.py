@@ -15,10 +15,11 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
-from fastai.callback.core import Callback, CancelFitException
+from fastai.callback.core import Callback, CancelFitException, CancelTrainException
+from fastai.torch_core import num_distrib
 
 from .artifacts import _unwrap
-from .distributed import broadcast_object
+from .distributed import all_reduce_sum, broadcast_object
 from .utils import log
 
 __all__ = ["Plan", "plan_budget", "measure", "fit_to_budget", "BudgetClock", "clock"]
@@ -40,30 +41,57 @@ class Plan:
     save_s: float
     spent_s: float = 0.0  # already gone when the plan was made: loading photos, building nets, the timing itself
     fixed_epochs: bool = False  # the recipe set the epoch length (how often to validate): only the count is sized
+    world: int = 1  # processes training: each steps through epoch_batches / world of the loader's batches an epoch
+    freeze_pct: float = 0.0  # the share of the schedule with the body frozen, whose steps cost `frozen_step_s`
+    frozen_step_s: float | None = None
+    thawed_step_s: float | None = None
+
+    @property
+    def steps(self) -> int:
+        "Optimizer steps an epoch on each process (fastai's DistributedDL gives each rank its share of the batches)."
+        return steps_of(self.epoch_batches, self.world)
 
     @property
     def planned_s(self) -> float:
-        return self.n_epoch * (self.epoch_batches * self.step_s + self.valid_s + self.save_s)
+        return self.n_epoch * (self.steps * self.step_s + self.valid_s + self.save_s)
+
+    def step_between(self, start: float, end: float) -> float:
+        """The expected seconds a step over the schedule's share [start, end): the frozen and the thawed body's steps
+        weighed by how much of it is frozen; `step_s` where they were not timed apart."""
+        if self.frozen_step_s is None or self.thawed_step_s is None or end <= start:
+            return self.step_s
+        frozen = min(1.0, max(0.0, (self.freeze_pct - start) / (end - start)))
+        return frozen * self.frozen_step_s + (1 - frozen) * self.thawed_step_s
+
+
+def steps_of(loader_batches: int, world: int) -> int:
+    "A rank's steps an epoch when `world` processes share `loader_batches` (DistributedDL rounds up)."
+    return -(-loader_batches // max(1, world))
 
 
 def plan_budget(minutes: float, step_s: float, valid_s: float, save_s: float, natural_batches: int,
-                spent_s: float = 0.0, epoch_batches: int | None = None) -> Plan:
+                spent_s: float = 0.0, epoch_batches: int | None = None, world: int = 1, **timings) -> Plan:
     """The schedule that fits `minutes` (less `spent_s`, already gone, and a margin). With `epoch_batches` (the
     recipe's: how often to validate) only the number of epochs is sized. Otherwise: whole epochs of the photos
     (`natural_batches` each) while they fit, about one validation per natural epoch and at most MAX_EPOCHS; a
     budget shorter than an epoch still validates up to 3 times, with validation and checkpoints taking at most a
-    quarter of it; batches per epoch fill what is left."""
+    quarter of it; batches per epoch fill what is left. `world` processes share each epoch's loader batches, each
+    stepping through its share (`steps_of`) at `step_s`; `epoch_batches` and the plan's are the loader's. `timings`:
+    the Plan's frozen/thawed step fields, recorded for the re-plans."""
     budget, overhead = max(minutes * 60 - spent_s, step_s) * MARGIN, valid_s + save_s
+    world = max(1, world)
     if epoch_batches:
-        n_epoch = max(1, int(budget // (epoch_batches * step_s + overhead)))
-        return Plan(minutes, n_epoch, epoch_batches, step_s, valid_s, save_s, spent_s, fixed_epochs=True)
-    full_epoch = natural_batches * step_s + overhead
+        n_epoch = max(1, int(budget // (steps_of(epoch_batches, world) * step_s + overhead)))
+        return Plan(minutes, n_epoch, epoch_batches, step_s, valid_s, save_s, spent_s, fixed_epochs=True, world=world,
+                    **timings)
+    natural = steps_of(natural_batches, world)
+    full_epoch = natural * step_s + overhead
     if budget >= full_epoch:
         n_epoch = min(MAX_EPOCHS, int(budget // full_epoch))
     else:
         n_epoch = max(1, min(3, int(budget / 4 // max(overhead, 1e-9))))
-    batches = int((budget / n_epoch - overhead) // step_s)
-    return Plan(minutes, n_epoch, max(1, batches), step_s, valid_s, save_s, spent_s)
+    steps = max(1, int((budget / n_epoch - overhead) // step_s))
+    return Plan(minutes, n_epoch, steps * world, step_s, valid_s, save_s, spent_s, world=world, **timings)
 
 
 class _Probe(Callback):
@@ -106,22 +134,24 @@ def _step_s(learn, saved: dict, frozen_body: bool) -> float:
     return statistics.median(probe.times[2:] or probe.times)  # the first batches warm kernels and caches up
 
 
-def measure(learn, freeze_pct: float = 0.0) -> tuple[float, float, float]:
+def measure(learn, freeze_pct: float = 0.0, split: bool = False) -> tuple:
     """(seconds per training batch, per validation pass, per checkpoint write) of this Learner as it will train:
     a few real steps (its callbacks included: the critic's steps in stage two) at a learning rate of 0, after
     which the model's, optimizer's and callbacks' state is put back as it was. With the body frozen for
-    `freeze_pct` of the schedule (`FreezeBody`), steps are timed both ways and weighed by it."""
+    `freeze_pct` of the schedule (`FreezeBody`), steps are timed both ways and weighed by it; `split` adds the two
+    (thawed, frozen; None where not timed) to the tuple."""
     saved = _snapshot(learn)
-    step_s = _step_s(learn, saved, False) if freeze_pct < 1 else 0.0
-    if freeze_pct:
-        step_s = (1 - freeze_pct) * step_s + freeze_pct * _step_s(learn, saved, True)
+    thawed = _step_s(learn, saved, False) if freeze_pct < 1 else None
+    frozen = _step_s(learn, saved, True) if freeze_pct else None
+    step_s = (1 - freeze_pct) * (thawed or 0.0) + freeze_pct * (frozen or 0.0)
     start = clock()
     with learn.no_bar():
         learn.validate()
     valid_s = clock() - start
     start = clock()
     torch.save({"model": _unwrap(learn.model).state_dict(), **saved["callbacks"]}, io.BytesIO())
-    return step_s, valid_s, 4 * (clock() - start)  # last.pth (the model, Adam's two moments) and best.pth
+    save_s = 4 * (clock() - start)  # last.pth (the model, Adam's two moments) and best.pth
+    return (step_s, valid_s, save_s, thawed, frozen) if split else (step_s, valid_s, save_s)
 
 
 def _snapshot(learn) -> dict:
@@ -145,58 +175,155 @@ def _restore(learn, saved: dict) -> None:
 def fit_to_budget(learn, minutes: float, started: float, freeze_pct: float = 0.0) -> Plan:
     """Measure on every rank (validation all-reduces its metrics and stage two puts the critic in DDP: collectives
     that every rank must join), plan what is left of `minutes` since `started` (a `clock()` reading) from rank 0's
-    measurements, and give every rank that plan; the training loader gets its epoch length."""
+    measurements for this many processes, and give every rank that plan; the training loader gets its epoch
+    length."""
     natural = max(1, len(learn.dls.train.dataset) // learn.dls.train.bs)
-    measured = measure(learn, freeze_pct)
-    plan = plan_budget(minutes, *measured, natural_batches=natural, spent_s=clock() - started,
-                       epoch_batches=learn.dls.train.epoch_batches)
+    step_s, valid_s, save_s, thawed, frozen = measure(learn, freeze_pct, split=True)
+    plan = plan_budget(minutes, step_s, valid_s, save_s, natural_batches=natural, spent_s=clock() - started,
+                       epoch_batches=learn.dls.train.epoch_batches, world=max(1, num_distrib()),
+                       freeze_pct=freeze_pct, frozen_step_s=frozen, thawed_step_s=thawed)
     plan = Plan(**broadcast_object(asdict(plan)))
     learn.dls.train.epoch_batches = plan.epoch_batches
+    ranks = f" on each of {plan.world} processes" if plan.world > 1 else ""
     log.info(f"{minutes:g} minutes: {plan.spent_s / 60:.1f} gone to setting up, then {plan.n_epoch} epoch(s) of "
-             f"{plan.epoch_batches} batches ({plan.step_s:.2f} s each, validation {plan.valid_s:.1f} s, checkpoints "
+             f"{plan.steps} batches{ranks} ({plan.step_s:.2f} s each, validation {plan.valid_s:.1f} s, checkpoints "
              f"{plan.save_s:.1f} s an epoch): planned {(plan.spent_s + plan.planned_s) / 60:.1f} minutes")
     return plan
 
 
+MIN_PACE_BATCHES = 4  # a re-plan trusts the pace of an epoch of at least this many batches, else the plan's
+REPLAN_OFF = 0.05     # the epoch length is changed when the re-plan's differs from it by more than this share
+ON_COURSE = 0.8       # after the first epoch, a finish between this share of what is left and all of it holds
+
+
 class BudgetClock(Callback):
-    """Shows the time left of the budget beside the epoch bar and in the log, and at the end the planned and actual
-    minutes (the actual ones counting from this fit's start: a resumed run counts what it adds). After the first
-    epoch of a new run whose plan sized the epochs, the rest are resized to what that epoch really took (`replan`):
-    a few timed batches misjudge a machine whose speed drifts, a whole epoch much less. Every epoch stays
-    1/n_epoch of the one-cycle schedule (fastai's `pct_train`), so only the budget's use changes; the resolved
-    recipe keeps the first plan, which `--resume` follows."""
+    """Keeps a fit to its budget (`Plan.minutes`): the time left beside the epoch bar and in the log, and at the end
+    the planned and actual minutes. The clock owns the one-cycle schedule's position (`pct_train`): each remaining
+    epoch takes an equal share of what is left of it. After every epoch (the first of a plan always, later ones when
+    the finish would fall outside the budget) the remaining epochs are re-planned from the pace measured (an epoch of
+    at least MIN_PACE_BATCHES batches, else no faster than planned; the frozen and the thawed body's steps weighed
+    by where they fall): their length, where the plan sized it (never below MIN_PACE_BATCHES when it was longer),
+    and their number, so that each epoch's validation and checkpoint still fit. Within an epoch, once what is left of the budget no longer covers its validation and
+    checkpoint, training stops for it. The epoch the re-plan makes the last ends the fit, its schedule annealed,
+    its checkpoint and best written. Under several processes every rank takes rank 0's decisions. The state (time
+    used, schedule position, re-planned epochs) goes into the run's checkpoint, so `--resume` continues it."""
     order = 70
 
     def __init__(self, plan: Plan, resumed: bool = False):
-        self.plan, self.resumed = plan, resumed
+        self.plan, self.resumed, self.state = plan, resumed, None
 
-    def before_fit(self): self.start = clock() - (0.0 if self.resumed else self.plan.spent_s)
-    def before_train(self): self.train_start = clock()
-    def after_train(self): self.train_s, self.train_batches = clock() - self.train_start, self.n_iter
+    def before_fit(self):
+        state = self.state or {}
+        self.start = clock() - (state.get("used_s", 0.0) if self.resumed else self.plan.spent_s)
+        self.pct0, self.share, self.last = state.get("pct", 0.0), state.get("share"), state.get("last")
+        self.overhead_s, self.skipped, self.ended_early = self.plan.valid_s + self.plan.save_s, False, False
+        if "epoch_batches" in state:
+            self._loader().epoch_batches = state["epoch_batches"]
+        if self.resumed and state and state["last"] < state["done"]:
+            log.info(f"the budget of {self.plan.minutes:g} min was used up by epoch {state['done']}: nothing left")
+            raise CancelFitException
+
+    def before_epoch(self):
+        self.skipped = False
+        if self.share is None:  # a new schedule: fastai's, each epoch 1 / n_epoch of it
+            self.share, self.last = 1 / self.n_epoch, self.n_epoch - 1
+
+    def _loader(self):
+        return getattr(self.dls.train, "dl", self.dls.train)  # the loader inside DDP's wrapper
+
+    def after_cancel_epoch(self): self.skipped = True  # an epoch a resumed run skips
+
+    def before_train(self):
+        self.train_start, self.batches = clock(), 0
+        self.learn.pct_train = self.pct0  # TrainEvalCallback put it at epoch / n_epoch
+
+    def before_batch(self):
+        if self.training:
+            self.pct_before = self.learn.pct_train
+
+    def after_batch(self):
+        "This batch's share of the schedule (what TrainEvalCallback moved it by, scaled); the in-epoch guard."
+        if not self.training:
+            return
+        moved = self.learn.pct_train - self.pct_before  # 1 / (n_iter * n_epoch), or 0 for a batch that held it
+        self.learn.pct_train = self.pct_before + moved * self.share * self.n_epoch
+        self.batches += 1
+        over = self.left_s() < self.overhead_s  # what is left covers this epoch's validation and checkpoint no more
+        if all_reduce_sum(float(over)) > 0:
+            self.last = self.epoch
+            log.info(f"budget: {self.plan.minutes:g} min nearly used: epoch {self.epoch + 1} stops training after "
+                     f"{self.batches} batches, validates, and the fit ends")
+            raise CancelTrainException
+
+    def after_train(self): self.train_end = clock()
+
+    def left_s(self, now: float | None = None) -> float:
+        return self.plan.minutes * 60 - ((clock() if now is None else now) - self.start)
 
     def after_epoch(self):
-        if self.epoch == 0 and not (self.resumed or self.plan.fixed_epochs) and self.n_epoch > 1:
-            self.replan()
-        used = (clock() - self.start) / 60
-        left = max(0.0, self.plan.minutes - used)
+        if self.skipped:
+            return
+        now = clock()
+        self.pct0, self.overhead_s = self.learn.pct_train, max(0.0, now - self.train_end)
+        if self.epoch < self.last:
+            self.replan(now)
+        left = max(0.0, self.left_s(now)) / 60
         if getattr(self.learn, "progress", None) is not None and getattr(self.learn.progress, "mbar", None):
             self.learn.progress.mbar.main_bar.comment = f"{left:.1f} of {self.plan.minutes:g} min left"
-        log.info(f"epoch {self.epoch + 1}/{self.plan.n_epoch}: {used:.1f} min so far, about {left:.1f} min left")
+        log.info(f"epoch {self.epoch + 1}/{self.last + 1}: {(now - self.start) / 60:.1f} min so far, about "
+                 f"{left:.1f} min left")
+        if self.epoch >= self.last and self.epoch < self.n_epoch - 1:
+            self.ended_early = True
+            raise CancelFitException  # the budget's last epoch: its checkpoint and best are written
 
-    def replan(self) -> None:
-        "The remaining epochs' length from the first one's: its seconds a batch, and the rest of it (validation...)."
-        now, step_s = clock(), self.train_s / max(1, self.train_batches)
-        rest_s = max(0.0, now - self.train_start - self.train_s)
-        left = (self.plan.minutes * 60 - (now - self.start)) * MARGIN / (self.n_epoch - 1)
-        batches = broadcast_object(max(1, int((left - rest_s) // max(step_s, 1e-9))))
-        dl = getattr(self.dls.train, "dl", self.dls.train)  # the loader inside DDP's wrapper, as fit_to_budget set it
-        planned = getattr(dl, "epoch_batches", None)
-        if planned and abs(batches - planned) > 0.05 * planned:
-            log.info(f"the first epoch ran at {step_s:.2f} s a batch, not the planned {self.plan.step_s:.2f}: the "
-                     f"remaining {self.n_epoch - 1} epochs get {batches} batches each, not {planned}")
-            dl.epoch_batches = batches
+    def pace(self) -> float:
+        "Seconds a step for the rest of the fit, from this epoch's (trusted over MIN_PACE_BATCHES batches)."
+        measured = (self.train_end - self.train_start) / max(1, self.batches)
+        expected = self.plan.step_between(self.pct0 - self.share, self.pct0)
+        if self.batches < MIN_PACE_BATCHES:
+            measured = max(measured, expected)  # a pace over (almost) no batches is never trusted to be fast
+        return measured / max(expected, 1e-9) * self.plan.step_between(self.pct0, 1.0)
+
+    def replan(self, now: float) -> None:
+        """The remaining epochs (their number, and their length where the plan sized it) that fit what is left of
+        the budget at this epoch's pace, each epoch's validation and checkpoint included; rank 0's decision."""
+        step, remaining, world = self.pace(), self.last - self.epoch, self.plan.world
+        steps = steps_of(self._loader().epoch_batches or self.n_iter * world, world)
+        left = self.left_s(now) * MARGIN
+        finish = remaining * (steps * step + self.overhead_s)
+        if self.epoch > 0 and ON_COURSE * left <= finish <= left:
+            return  # on course: the plan holds
+        if self.plan.fixed_epochs:  # the recipe's epoch length (how often to validate) stays; only the count shrinks
+            epochs = min(remaining, int(left // (steps * step + self.overhead_s)))
+            new_steps = steps
+        else:  # epochs long enough to time (MIN_PACE_BATCHES) and to train at least as long as they validate
+            shortest = min(steps, MIN_PACE_BATCHES)
+            epochs = min(remaining, int(left // (shortest * step + self.overhead_s)),
+                         max(1, int(left // max(2 * self.overhead_s, 1e-9))))
+            epochs = max(epochs, 1 if left >= step + self.overhead_s else 0)  # the last: whatever still fits
+            new_steps = int((left / max(epochs, 1) - self.overhead_s) // max(step, 1e-9))
+        epochs, new_steps = broadcast_object((epochs, new_steps))
+        if epochs < remaining:
+            log.info(f"budget: at {step:.2f} s a batch, {epochs} more epoch(s) fit, not {remaining}: the schedule "
+                     f"is compressed into them")
+        self.last, self.share = self.epoch + epochs, (1 - self.pct0) / max(epochs, 1)
+        if not self.plan.fixed_epochs and epochs and abs(new_steps - steps) > REPLAN_OFF * steps:
+            log.info(f"budget: the epochs ran at {step:.2f} s a batch, not the planned {self.plan.step_s:.2f}: the "
+                     f"remaining {epochs} get {new_steps} batches each, not {steps}")
+            self._loader().epoch_batches = new_steps * world
+
+    def checkpoint_state(self) -> dict:
+        "Any time during a fit: the time used, the schedule's position and the epochs as re-planned."
+        if getattr(self, "share", None) is None:
+            return {}
+        return {"budget": {"used_s": clock() - self.start, "pct": self.learn.pct_train, "share": self.share,
+                           "last": self.last, "done": self.epoch + 1,
+                           "epoch_batches": self._loader().epoch_batches}}
+
+    def load_checkpoint_state(self, state: dict): self.state = state.get("budget")
 
     def after_fit(self):
         actual = (clock() - self.start) / 60
         planned = (self.plan.spent_s + self.plan.planned_s) / 60
-        log.info(f"budget {self.plan.minutes:g} min: planned {planned:.1f}, took {actual:.1f}")
+        early = f", ending after epoch {self.last + 1} of {self.n_epoch}" if self.ended_early else ""
+        log.info(f"budget {self.plan.minutes:g} min: planned {planned:.1f}, took {actual:.1f}{early}")

@@ -3,6 +3,7 @@ average of the generator, and a faithful history after --resume."""
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +14,12 @@ from fastcore.foundation import L
 from PIL import Image
 
 from .artifacts import _unwrap, save_generator
-from .distributed import is_main_process
+from .distributed import all_reduce_sum, is_main_process
 from .show import sample_grid
 from .utils import ColorganError, atomic_path, log
 
-__all__ = ["RunCheckpoint", "ReplayHistory", "GeneratorEMA", "LowestLoss", "ColourRule", "StopOnNaN",
+__all__ = ["RunCheckpoint", "ReplayHistory", "GeneratorEMA", "LowestLoss", "ColourRule", "StopOnNaN", "EpochLines",
+           "wants_bar",
            "load_checkpoint", "tensorboard_callback", "LAST", "BEST"]
 
 LAST, BEST = Path("checkpoints/last.pth"), Path("checkpoints/best.pth")
@@ -112,12 +114,13 @@ class RunCheckpoint(TrackerCallback):
         self._save_last()  # after `best` is updated, so a resumed run compares with this epoch too
         self._save_samples()
 
-    def restore(self, learn) -> tuple[int, Callback]:
-        """The other half of `_save_last`, for --resume: model, optimizer, this tracker's best and every callback's
-        own state (`load_checkpoint_state`) from `checkpoints/last.pth`; returns (epochs done, the history replay)."""
+    def restore(self, learn, cbs=()) -> tuple[int, Callback]:
+        """The other half of `_save_last`, for --resume: model, optimizer, this tracker's best and the own state of
+        every callback of the Learner's and of `cbs` (the fit's: `load_checkpoint_state`) from
+        `checkpoints/last.pth`; returns (epochs done, the history replay)."""
         state = load_checkpoint(learn, learn.path)
         self.best = state["best"]
-        for cb in learn.cbs:
+        for cb in [*learn.cbs, *cbs]:
             if hasattr(cb, "load_checkpoint_state"):
                 cb.load_checkpoint_state(state)
         return state["epoch"], ReplayHistory(state["history"])
@@ -155,16 +158,21 @@ def probing(learn) -> bool:
 class StopOnNaN(Callback):
     """fastai's TerminateOnNaN, with the reason kept: the fit is cancelled at the first loss that is NaN or infinite,
     a training batch's or an epoch's validation loss, before any checkpoint of the broken weights (so --resume never
-    starts from them), and `diverged` says where (the run then raises it)."""
+    starts from them), and `diverged` says where (the run then raises it). Under several processes the check is
+    reduced across ranks, so all of them cancel at the same batch."""
     order = -9  # before the recorder and the checkpoints
 
     def before_fit(self):
         self.diverged = None
 
     def after_batch(self):
-        if self.training and not probing(self.learn) and not torch.isfinite(self.learn.loss).all():
+        if not self.training or probing(self.learn):
+            return
+        here = not bool(torch.isfinite(self.learn.loss).all())
+        if all_reduce_sum(float(here)) > 0:  # every rank cancels together, or the others wait in the next all-reduce
             lr = self.opt.hypers[-1]["lr"]
-            self.diverged = (f"the loss became {self.learn.loss.item()} at epoch {self.epoch + 1}, batch "
+            loss = self.learn.loss.item() if here else "not finite on another process"
+            self.diverged = (f"the loss became {loss} at epoch {self.epoch + 1}, batch "
                              f"{self.iter + 1} (learning rate {lr:.2e}): training diverged; nothing of this epoch was "
                              f"saved. Lower fit.lr_max and start again, or --resume from the last good epoch")
             raise CancelFitException
@@ -173,7 +181,8 @@ class StopOnNaN(Callback):
         names, log = list(self.recorder.metric_names), list(self.recorder.log)  # log: epoch, train_loss, valid_loss..
         at = names.index("valid_loss") if "valid_loss" in names else len(log)
         loss = log[at] if at < len(log) else None
-        if isinstance(loss, float) and not probing(self.learn) and not math.isfinite(loss):
+        here = isinstance(loss, float) and not math.isfinite(loss)
+        if not probing(self.learn) and all_reduce_sum(float(here)) > 0:  # every rank, as in `after_batch`
             self.diverged = (f"the validation loss became {loss} at epoch {self.epoch + 1}: the generator's outputs "
                              f"are not finite (training diverged; nothing of this epoch was saved). Lower fit.lr_max "
                              f"and start again, or --resume from the last good epoch")
@@ -257,6 +266,33 @@ class ReplayHistory(Callback):
     def after_cancel_epoch(self):
         if self.epoch < len(self.history):
             self.recorder.log = L([self.epoch, *self.history[self.epoch]])
+
+
+class EpochLines(Callback):
+    """A line a finished epoch in the log (`epoch 3/12: train_loss 0.0841, valid_loss 0.0822, psnr 24.31, ...`), in
+    place of fastai's progress bar when the output is not a terminal (`wants_bar`): a run logged to a file keeps one
+    line an epoch instead of every redraw of the bar."""
+    order = 52  # after the Recorder (50) has the epoch's numbers
+
+    def before_epoch(self): self.skipped = False
+    def after_cancel_epoch(self): self.skipped = True
+
+    def after_epoch(self):
+        if self.skipped or not is_main_process():
+            return
+        values = [f"{name} {_fmt(v)}" for name, v in zip(self.recorder.metric_names[1:], self.recorder.log[1:])]
+        log.info(f"epoch {self.epoch + 1}/{self.n_epoch}: " + ", ".join(values))
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def wants_bar(stream=None) -> bool:
+    "Whether fastai's progress bar suits the output: a terminal or a notebook, not a file or a pipe."
+    from fastprogress.fastprogress import IN_NOTEBOOK
+    stream = stream or sys.stdout
+    return IN_NOTEBOOK or bool(getattr(stream, "isatty", lambda: False)())
 
 
 def load_checkpoint(learn, run: str | Path) -> dict:

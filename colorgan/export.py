@@ -56,6 +56,13 @@ def export_onnx(model: str | os.PathLike, onnx_path: str | os.PathLike, opset: i
     onnx_path, diffs = Path(onnx_path), None
     with atomic_path(onnx_path) as tmp, warnings.catch_warnings():  # named only once written and checked
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # DynamicUnet's shape checks: true at any size /32
+        # The TorchScript exporter on purpose, though torch deprecates it: torch.export's (dynamo=True) needs
+        # onnxscript and did not finish in 5 minutes on the Lite0 class head (docs/performance.md); its notice is
+        # this choice's, not the user's to act on.
+        warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export",
+                                category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning,
+                                module=r"torch\.onnx")
         torch.onnx.export(module, (torch.rand(1, 1, size, size) * 100,), str(tmp), dynamo=False, opset_version=opset,
                           input_names=["L"], output_names=["ab"],
                           dynamic_axes={name: {0: "n", 2: "height", 3: "width"} for name in ("L", "ab")})

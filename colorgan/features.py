@@ -102,10 +102,16 @@ def compute_views(unet: torch.nn.Module, dl, n_views: int, amp_dtype: torch.dtyp
     return FeatureViews(thetas, features, key)
 
 
+def _compiled(model: torch.nn.Module) -> bool:
+    "Whether torch.compile wraps `model`: in place (`Module.compile`, colorgan's `compile_model`) or around it."
+    return getattr(model, "_compiled_call_impl", None) is not None or hasattr(model, "_orig_mod")
+
+
 class FrozenFeatures(Callback):
     """Train the decoder on the body's features of `n_views` stored views of each training photo, computed at the
-    first fit (and again only when the photos or the body's weights change) instead of at every step. The body is
-    frozen (every parameter) and not run on training batches for the fit; validation runs the whole generator.
+    first training phase of a fit (and again only when the photos or the body's weights change) instead of at
+    every step; `validate`, `get_preds` and `predict` never compute them. The body is frozen (every parameter) and
+    not run on training batches for the fit; validation runs the whole generator.
     Off, with a warning, under several processes or torch.compile. A body thawed during the fit (FreezeBody with
     a `pct` below 1) is an error: its stored features would be stale."""
     order = ParamScheduler.order + 2  # after FreezeBody, which may thaw the body in its before_batch
@@ -113,13 +119,22 @@ class FrozenFeatures(Callback):
     def __init__(self, n_views: int = 2):
         if n_views < 1:
             raise ColorganError(f"FrozenFeatures needs at least one view of each photo, not {n_views}")
-        self.n_views, self.views, self.pending, self.active = n_views, None, None, False
+        self.n_views, self.views, self.pending, self.active, self.checked = n_views, None, None, False, False
 
     def __getstate__(self) -> dict:  # an exported Learner carries no features
         return {**self.__dict__, "views": None, "pending": None}
 
     def before_fit(self):
-        self.active = self._can_run()
+        "Nothing yet: fastai's validate, get_preds and predict open a fit too, and never train (`before_train`)."
+        if self.active:  # a fit that died with an exception left the body swapped and frozen
+            self.after_fit()
+        self.checked = False
+
+    def before_train(self):
+        "The first training phase of a fit: the body frozen, its features computed (or reused), its forward swapped."
+        if self.checked:
+            return
+        self.checked, self.active = True, self._can_run()
         if not self.active:
             return
         unet = self.learn.model
@@ -140,7 +155,7 @@ class FrozenFeatures(Callback):
 
     def _can_run(self) -> bool:
         why = ("several processes train" if is_distributed() else
-               "the model is compiled" if hasattr(self.learn.model, "_orig_mod") else
+               "the model is compiled" if _compiled(self.learn.model) else
                "the training loader is not colorgan's" if not hasattr(self.dls.train, "views") else None)
         if why:
             log.warning(f"FrozenFeatures is off for this fit: {why}; the body runs at every step")

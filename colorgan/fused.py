@@ -2,7 +2,7 @@
 built once a machine and kept in the cache folder, so that any later process loads it in milliseconds instead of
 compiling it again (15-50 s on 2 cores). A package is keyed by what the compiled code depends on: torch's version,
 colorgan's colour maths, the machine's architecture and CPU flags; a stamp beside it holds its hash, so a truncated,
-changed or replaced file is never loaded.
+changed or replaced file is never loaded, nor one that another user could have written (`_check_owner`).
 """
 from __future__ import annotations
 
@@ -50,12 +50,26 @@ def _build(path: Path) -> None:
     lab = torch.tensor([50.0, 90.0, 90.0]).view(1, 3, 1, 1).repeat(1, 1, 64, 4000)
     sides = {2: Dim("rows", min=MIN_SIDE), 3: Dim("columns", min=MIN_SIDE)}
     program = torch.export.export(_Strip(), (lab, color.chroma_table("cpu")), dynamic_shapes=(sides, None))
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # this user's alone, whatever the umask
     with tempfile.TemporaryDirectory(dir=path.parent) as work:  # the package's name must end in .pt2
         built = Path(work) / path.name
         torch._inductor.aoti_compile_and_package(program, package_path=str(built))
+        os.chmod(built, 0o600)
         os.replace(built, path)
     write_stamp(path)
+
+
+def _check_owner(path: Path) -> None:
+    """A package is native code this process runs: on POSIX it must belong to this user, and neither it nor its
+    folder may be writable by others (a cache folder shared between users, as docs/distributed.md allows for the
+    photo cache, would let any of them replace it). Raises PermissionError otherwise."""
+    if not hasattr(os, "getuid"):
+        return
+    for p in (path, path.parent):
+        st = p.stat()
+        if st.st_uid != os.getuid() or st.st_mode & 0o022:
+            raise PermissionError(f"{p} belongs to another user or others may write to it: native code there is not "
+                                  f"loaded (give this user a cache folder of its own: COLORGAN_CACHE)")
 
 
 def fused_loop(build: bool):
@@ -72,6 +86,7 @@ def fused_loop(build: bool):
                 return None
             log.info(f"colorize: compiling the recombination for this machine, once (kept in {path.parent})")
             _build(path)
+        _check_owner(path)
         runner = torch._inductor.aoti_load_package(str(path))
     except Exception as e:  # no C++ compiler, an unsupported platform, a package from a broken build
         log.warning(f"colorize: the compiled recombination is not available here ({type(e).__name__}: {e}); "

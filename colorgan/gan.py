@@ -60,6 +60,7 @@ class ConditionalGAN(Callback):
             self.run = False
             return
         self._setup()
+        self.critic.requires_grad_(True)  # a fit that died between the generator's loss and its backward froze it
         self.probing = probing(self.learn)  # lr_find and the budget's timing must leave the critic as they found it
         self._saved = copy.deepcopy(self.checkpoint_state()) if self.probing else None
 
@@ -74,6 +75,7 @@ class ConditionalGAN(Callback):
     def after_backward(self): self.critic.requires_grad_(True)  # frozen only while the generator's loss flows back
     def after_step(self): self._maybe_critic_step()
     def after_cancel_batch(self):
+        self.critic.requires_grad_(True)  # a batch cancelled between the generator's loss and its backward
         if self.warming:  # the generator did not step: its loss is not the epoch's (the Recorder skips a batch
             self.learn.yb = ()  # without targets)
 

@@ -93,8 +93,9 @@ class Colorizer:
     `saturation` scales the predicted chroma (1.0: the model as trained, 0: the photo's own gray) before colours
     outside sRGB are brought inside at constant lightness and hue. `precision` follows the device policy (fp32 on a
     CPU: bf16 there is faster but moves colours by about half a CIELAB unit; ask for it with precision='bf16').
-    torch runs the network channels-last under inference mode; `from_artifact` picks onnxruntime where it is
-    faster (`resolve_engine`)."""
+    torch runs the network channels-last under `torch.inference_mode` from its first layer to its last (nothing
+    it returns records an autograd graph); `from_artifact` picks onnxruntime where it is faster
+    (`resolve_engine`)."""
     def __init__(self, model: torch.nn.Module, render_size: int = 256, device=None, strip_rows: int = STRIP_ROWS,
                  precision: str = "auto", saturation: float = 1.0, fused: bool | str = "auto"):
         self.device = resolve_device(device)
@@ -140,13 +141,15 @@ class Colorizer:
         return F.interpolate(l, size=render_shape(*l.shape[-2:], self.render_size), mode="bilinear", antialias=True,
                              align_corners=False)
 
+    @torch.inference_mode()
     def predict_ab(self, lightness: list[torch.Tensor]) -> list[torch.Tensor]:
         """Full-res L maps -> low-res ab maps (CIELAB units, as the model predicts them: no saturation), photos of
-        the same render shape batched together."""
+        the same render shape batched together. Under inference mode: the ab records no autograd graph."""
         return self.predict_small([self.render_l(l) for l in lightness])
 
+    @torch.inference_mode()
     def predict_small(self, small: list[torch.Tensor]) -> list[torch.Tensor]:
-        "Render-size L maps -> their ab, those of the same shape in one batch."
+        "Render-size L maps -> their ab, those of the same shape in one batch, under inference mode."
         out: list[torch.Tensor | None] = [None] * len(small)
         for shape in {s.shape[-2:] for s in small}:
             idx = [i for i, s in enumerate(small) if s.shape[-2:] == shape]
@@ -155,8 +158,9 @@ class Colorizer:
                 out[i] = ab[j:j + 1]
         return out
 
+    @torch.inference_mode()
     def _network(self, l: torch.Tensor) -> torch.Tensor:
-        "L (N,1,h,w) in CIELAB units -> ab in CIELAB units, on the CPU."
+        "L (N,1,h,w) in CIELAB units -> ab in CIELAB units, on the CPU, under inference mode (no autograd graph)."
         if self.session is not None:
             return torch.from_numpy(self.session.run(None, {"L": l.numpy()})[0])
         batch = norm_l(l.to(self.device)).contiguous(memory_format=torch.channels_last)

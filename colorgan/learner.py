@@ -24,7 +24,7 @@ from .losses import ColourClassLoss, RebalancedL1, colour_prior, rebalance_weigh
 from .metrics import TintGain, colorfulness_metric, false_color_metric, psnr_metric, wrong_hue_metric
 from .models import body_head_split, build_generator, class_head
 
-__all__ = ["pretrain_learner", "fit_pretrain", "FreezeBody", "AdamW", "DeviceMixedPrecision", "UsePolicy",
+__all__ = ["pretrain_learner", "fit_pretrain", "FreezeBody", "AdamW", "DeviceMixedPrecision", "UsePolicy", "HookedLoss",
            "compile_model", "adamw"]
 
 
@@ -84,6 +84,23 @@ class DeviceMixedPrecision(MixedPrecision):
         return {"scaler": scaler.state_dict() if scaler is not None else self.scaler_state}
 
     def load_checkpoint_state(self, state: dict): self.scaler_state = state.get("scaler") or None
+
+
+class HookedLoss(Callback):
+    """For each fit (and fastai's validate, get_preds and predict, which open one too), the class head's hook that
+    `ColourClassLoss` reads its logits through: registered in `before_fit`, removed with what it holds in
+    `after_fit`, so no batch's logits or graph outlive the fit."""
+    order = -20
+
+    def before_fit(self):
+        self.context = self.learn.loss_func.hooked() if isinstance(self.learn.loss_func, ColourClassLoss) else None
+        if self.context is not None:
+            self.context.__enter__()
+
+    def after_fit(self):
+        if self.context is not None:
+            self.context.__exit__(None, None, None)
+            self.context = None
 
 
 class UsePolicy(Callback):
@@ -152,7 +169,8 @@ def pretrain_learner(dls: DataLoaders, model: torch.nn.Module | None = None, wd:
                     loss_func=colour_loss(dls, rebalance, head), opt_func=adamw(policy.fused_adam), wd=wd, splitter=body_head_split,
                     metrics=[*metrics, psnr_metric(), colorfulness_metric(), colorfulness_metric("real"),
                              false_color_metric(), wrong_hue_metric(), TintGain()],
-                    path=path, cbs=[*(cbs or []), *([FrozenFeatures(feature_views)] if feature_views else [])])
+                    path=path, cbs=[*(cbs or []), *([FrozenFeatures(feature_views)] if feature_views else []),
+                                    *([HookedLoss()] if head is not None else [])])
     return apply_policy(learn, policy)
 
 

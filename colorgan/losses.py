@@ -3,6 +3,7 @@ criteria on a PatchGAN's logit map: vanilla (pix2pix's BCE), LSGAN and hinge."""
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -100,14 +101,38 @@ class ColourClassLoss(nn.Module):
     the head's logits over the cells of the ab plane against each pixel's real cell (the real ab averaged over the
     area of one logit first), optionally weighted towards rare cells (`weights`, `rebalance_weights`). Unlike L1,
     which pulls an uncertain pixel to the median colour, it learns every colour a pixel may have; the head's
-    annealed mean reads one colour out. `pred` (the read-out ab) is not used: the logits are the head's last."""
+    annealed mean reads one colour out. `pred` (the read-out ab) is not used: the loss reads the logits of the
+    forward pass before it through a fastai `Hook` on the head that it owns, registered only while `hooked()` is
+    open (a Learner opens it for each fit: `colorgan.learner.HookedLoss`), so no batch outlives its loss."""
     def __init__(self, head: nn.Module, weights: torch.Tensor | None = None):
         super().__init__()
         self.heads = [head]  # a plain list: the loss must not own (and so move or save) the generator's module
         self.register_buffer("weights", weights)
+        self.hook = None
+
+    @contextmanager
+    def hooked(self):
+        "While open, every forward pass of the head leaves its logits for the next call of this loss."
+        from fastai.callback.hook import Hook
+        self.unhook()
+        self.hook = Hook(self.heads[0], lambda module, inputs, output: inputs[0], detach=False)
+        try:
+            yield self
+        finally:
+            self.unhook()
+
+    def unhook(self) -> None:
+        "Remove the hook and what it holds (a fit that died left it registered)."
+        if self.hook is not None:
+            self.hook.remove()
+            self.hook.stored, self.hook = None, None
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logits = self.heads[0].logits
+        logits = None if self.hook is None else self.hook.stored
+        if logits is None:
+            raise RuntimeError("ColourClassLoss reads the logits of the forward pass before it: call it inside a "
+                               "Learner's fit, or inside `with loss.hooked():` after running the generator")
+        self.hook.stored = None  # the batch's graph goes with its loss
         if target.shape[-2:] != logits.shape[-2:]:
             target = F.adaptive_avg_pool2d(target.float(), logits.shape[-2:])
         weights = None if self.weights is None else self.weights.to(logits.device)

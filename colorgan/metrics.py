@@ -71,22 +71,43 @@ def lightness_drift(pred_lab: torch.Tensor, real_lab: torch.Tensor) -> torch.Ten
     return (pred_lab[:, 0].float() - real_lab[:, 0].float()).abs().flatten(1).mean(1)
 
 
+class _BatchColours:
+    """The RGB (and CIELAB) pictures of the batch the metrics are reading, made once for all of them: a validation
+    batch's prediction and target are converted once each (the gamut mapping is the costly step), whatever the
+    number of metrics. Keyed by the tensors themselves (held, so no other batch can take their ids); dropped once a
+    metric's value is read, after the last batch."""
+    key: tuple | None = None
+    made: dict = {}
+
+    @classmethod
+    def get(cls, learn, side: str, space: str) -> torch.Tensor:
+        key = (learn.xb[0], learn.pred, learn.yb[0])
+        if cls.key is None or any(a is not b for a, b in zip(cls.key, key)):
+            cls.key, cls.made = key, {}
+        if (side, "rgb") not in cls.made:
+            cls.made[side, "rgb"] = model_to_rgb(key[0], key[1] if side == "pred" else key[2])
+        if space == "lab" and (side, "lab") not in cls.made:
+            cls.made[side, "lab"] = rgb_to_lab(cls.made[side, "rgb"])
+        return cls.made[side, space]
+
+    @classmethod
+    def clear(cls): cls.key, cls.made = None, {}
+
+
 class RGBMetric(Metric):
     """A per-image metric of the RGB picture that (L, ab) makes, averaged over the validation set.
-    `fn(pred_rgb, real_rgb)` or, with `on='pred'`/`'real'`, `fn(rgb)` of one side only."""
-    def __init__(self, fn, name: str, on: str = "both"):
-        self.fn, self._name, self.on = fn, name, on
+    `fn(pred, real)` or, with `on='pred'`/`'real'`, `fn(picture)` of one side only; the pictures are RGB in [0,1],
+    or CIELAB with `space='lab'`, made once a batch for all the metrics (`_BatchColours`)."""
+    def __init__(self, fn, name: str, on: str = "both", space: str = "rgb"):
+        self.fn, self._name, self.on, self.space = fn, name, on, space
 
     def reset(self): self.total, self.count = 0.0, 0
 
     def accumulate(self, learn):
-        l, ab, pred = learn.xb[0], learn.yb[0], learn.pred
-        if self.on == "real":
-            vals = self.fn(model_to_rgb(l, ab))
-        elif self.on == "pred":
-            vals = self.fn(model_to_rgb(l, pred))
+        if self.on in ("real", "pred"):
+            vals = self.fn(_BatchColours.get(learn, self.on, self.space))
         else:
-            vals = self.fn(model_to_rgb(l, pred), model_to_rgb(l, ab))
+            vals = self.fn(_BatchColours.get(learn, "pred", self.space), _BatchColours.get(learn, "real", self.space))
         vals = vals.clamp(max=100.0) if self.fn is psnr else vals  # an exact match would average to inf
         self.total = self.total + vals.sum()  # stays on the device: no host sync per batch
         self.count += len(vals)
@@ -94,6 +115,7 @@ class RGBMetric(Metric):
     @property
     def value(self):
         "The mean over every rank's images."
+        _BatchColours.clear()
         count = all_reduce_sum(float(self.count))
         return (all_reduce_sum(self.total) / count).item() if count else None
 
@@ -108,12 +130,12 @@ def colorfulness_metric(on: str = "pred") -> RGBMetric:
 
 def false_color_metric() -> RGBMetric:
     "The validation photos' false-colour area (see `false_color`), on the RGB the predictions make."
-    return RGBMetric(lambda pred, real: false_color(rgb_to_lab(pred), rgb_to_lab(real)), "false_color")
+    return RGBMetric(false_color, "false_color", space="lab")
 
 
 def wrong_hue_metric() -> RGBMetric:
     "The validation photos' wrong-hue area (see `wrong_hue`), on the RGB the predictions make."
-    return RGBMetric(lambda pred, real: wrong_hue(rgb_to_lab(pred), rgb_to_lab(real)), "wrong_hue")
+    return RGBMetric(wrong_hue, "wrong_hue", space="lab")
 
 
 TINT_BINS = 2201  # histogram bins of the scaled ab over [-1, 1]: 0.1 CIELAB units each

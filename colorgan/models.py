@@ -129,17 +129,15 @@ def _timm_model(arch: str, pretrained: bool, weights: str | None, width: float =
 
 class AnnealedMean(nn.Module):
     """Zhang et al.'s read-out of a class head: logits over the cells of the ab plane (N, AB_SIDE**2, h, w) -> ab
-    (N, 2, h, w), the mean of the cells' centres under softmax(logits / `temperature`). It keeps the logits of its
-    last call for `ColourClassLoss`; the centres are a constant, not part of the state dict."""
+    (N, 2, h, w), the mean of the cells' centres under softmax(logits / `temperature`). It keeps nothing of a call
+    (`ColourClassLoss` reads the logits through a hook of its own); the centres are a constant, not part of the
+    state dict."""
     def __init__(self, temperature: float = TEMPERATURE):
         super().__init__()
-        self.temperature, self.logits = temperature, None
+        self.temperature = temperature
         self.register_buffer("centres", ab_cell_centres(), persistent=False)
 
-    def __getstate__(self) -> dict: return {**self.__dict__, "logits": None}  # a pickled Learner carries no batch
-
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
-        self.logits = logits
         p = torch.softmax(logits.float() / self.temperature, 1)
         return torch.einsum("nqhw,qc->nchw", p, self.centres.to(p.device)).to(logits.dtype)
 
@@ -150,14 +148,37 @@ def class_head(model: nn.Module) -> AnnealedMean | None:
 
 
 def one_channel_stem(model: nn.Module, pretrained: bool) -> None:
-    """The first conv takes L alone: with ImageNet weights it sums their RGB kernels (as fastai's create_body does),
-    else it is initialised afresh. Changed in place, so the conv keeps its class (timm's TF-padded Conv2dSame)."""
-    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
-    weight = conv.weight.detach().sum(1, keepdim=True) if pretrained else conv.weight.new_empty(
-        conv.out_channels, 1, *conv.kernel_size)
-    conv.weight, conv.in_channels = nn.Parameter(weight), 1
+    """The first conv takes the generator's L input alone (`color.norm_l`: [-1, 1]) in place of the normalised RGB
+    its ImageNet weights expect ((rgb - mean) / std, timm's `pretrained_cfg`). With those weights a gray input is
+    folded in exactly: each colour's kernel is divided by its std and the three summed (halved: [-1, 1] spans twice
+    [0, 1]); the constant the means leave is moved into the BatchNorm after the conv (its running mean; in training
+    BatchNorm removes any constant) or the conv's bias. So the stem of a frozen, eval-mode body sees what it saw on
+    ImageNet. Without weights it is initialised afresh. Changed in place, so the conv keeps its class (timm's
+    TF-padded Conv2dSame)."""
+    modules = list(model.modules())
+    conv = next(m for m in modules if isinstance(m, nn.Conv2d))
     if not pretrained:
+        conv.weight, conv.in_channels = nn.Parameter(conv.weight.new_empty(conv.out_channels, 1, *conv.kernel_size)), 1
         conv.reset_parameters()
+        return
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    mean = torch.tensor(cfg.get("mean", (0.5, 0.5, 0.5)), dtype=torch.float64)
+    std = torch.tensor(cfg.get("std", (0.5, 0.5, 0.5)), dtype=torch.float64)
+    w = conv.weight.detach().double()
+    if w.shape[1] != len(mean):  # not an RGB stem: sum its channels, as fastai's create_body does
+        mean, std = torch.full((w.shape[1],), 0.5, dtype=torch.float64), torch.full((w.shape[1],), 0.5, dtype=torch.float64)
+    per_colour = w / std.view(1, -1, 1, 1)
+    shift = (per_colour * (0.5 - mean).view(1, -1, 1, 1)).sum((1, 2, 3))  # each output's response to the means
+    conv.weight = nn.Parameter((per_colour.sum(1, keepdim=True) / 2).to(conv.weight.dtype))
+    conv.in_channels = 1
+    follows = modules[modules.index(conv) + 1:]
+    bn = next((m for m in follows[:3] if isinstance(m, nn.BatchNorm2d) and m.num_features == conv.out_channels),
+              None)
+    with torch.no_grad():
+        if conv.bias is not None:
+            conv.bias += shift.to(conv.bias.dtype)
+        elif bn is not None and bn.running_mean is not None:
+            bn.running_mean -= shift.to(bn.running_mean.dtype)
 
 
 def stage_body(model: nn.Module) -> nn.Sequential:
@@ -190,7 +211,7 @@ def build_generator(arch: str = "resnet18", pretrained: bool = True, weights: st
                     img_size: int = 256, self_attention: bool = False, blur: bool = False,
                     spectral_norm: bool = False, width: float = 1.0, out_stride: int = 1,
                     head: str = "ab") -> DynamicUnet:
-    """A timm CNN body cut at its stages (`stage_body`; one input channel: the first conv sums the RGB weights)
+    """A timm CNN body cut at its stages (`stage_body`; one input channel: `one_channel_stem`)
     inside fastai's DynamicUnet with two outputs bounded to the ab range. ImageNet weights: `pretrained` takes
     them from a pip package where one ships them (PACKAGED_WEIGHTS: tf_efficientnet_lite0, no network), else from
     timm's hub; `weights` loads a local state dict (timm's layout, or EfficientNet-PyTorch's for the Lite nets).

@@ -7,7 +7,6 @@ It lives in the user's cache folder, never beside the photos: a user's input fol
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -22,6 +21,11 @@ from PIL import Image, ImageOps
 
 from .color import lightness_of_gray8, lightness_of_rgb8, rgb_to_lab
 from .utils import TEMP_SUFFIX, ColorganError, atomic_path, log, short_list
+
+try:
+    import fcntl  # POSIX: a cache build holds a lock on its temporary, so a killed build's file can be told apart
+except ImportError:  # Windows: no locks; a killed build's temporary stays until its folder is cleared
+    fcntl = None
 
 _WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 _GRAY_MODES = {"1", "L", "LA"} | _WIDE_MODES
@@ -182,7 +186,10 @@ def load_photos(files: list[Path], size: int, cache_dir: str | os.PathLike | Non
 
 def remove_orphans(npy: Path) -> None:
     """Remove what a build of the cache `npy` that was killed (kill -9, a power cut) left: its full-size temporary.
-    A build still running holds a lock on its file and is left alone."""
+    A build still running holds a lock on its file and is left alone; without POSIX locks (Windows) nothing can
+    tell the two apart, and nothing is removed."""
+    if fcntl is None:
+        return
     for tmp in npy.parent.glob(f".{npy.name}.*{TEMP_SUFFIX}"):
         try:
             with open(tmp, "rb") as f:
@@ -202,9 +209,11 @@ def _build_cache(files: list[Path], size: int, npy: Path, meta: Path, decode_wor
                             f"COLORGAN_CACHE (or data.cache_dir) at another disk")
     remove_orphans(npy)
     with atomic_path(npy) as tmp, open(tmp, "r+b") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)  # held while this process lives: a killed build's file is unlocked
+        if fcntl is not None:
+            fcntl.flock(held, fcntl.LOCK_EX)  # held while this process lives: a killed build's file is unlocked
         pixels = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), size, size, 3))
-        os.posix_fallocate(held.fileno(), 0, os.path.getsize(tmp))  # a memory map meeting a full disk dies of SIGBUS
+        if hasattr(os, "posix_fallocate"):  # a memory map meeting a full disk dies of SIGBUS
+            os.posix_fallocate(held.fileno(), 0, os.path.getsize(tmp))
         statuses = _decode_all(files, size, pixels, decode_workers)
         pixels.flush()
         del pixels

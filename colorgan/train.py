@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
@@ -18,7 +19,8 @@ from .artifacts import (ARTIFACT_NAME, CRITIC_NAME, _unwrap, generator_meta, loa
                         resolve_artifact, save_critic, save_generator)
 from . import budget
 from .budget import BudgetClock, Plan, fit_to_budget
-from .callbacks import BEST, LAST, ColourRule, RunCheckpoint, StopOnNaN, epoch_record, tensorboard_callback
+from .callbacks import (BEST, LAST, ColourRule, EpochLines, RunCheckpoint, StopOnNaN, epoch_record,
+                        tensorboard_callback, wants_bar)
 from .data import photo_dls
 from .distributed import (barrier, distributed, init_distributed, is_distributed, is_main_process,
                           main_process_first)
@@ -120,7 +122,7 @@ def prepare_run(out, recipe, overrides, schema: dict, resume: bool, overwrite: b
         if minutes is not None:
             raise ColorganError(f"{run}'s budget was planned when it started; --resume continues that plan without "
                                 f"--minutes (raise fit.n_epoch with --set to train longer)")
-        resolved = _resumed_recipe(run, schema, overrides)
+        resolved = _check_views(_resumed_recipe(run, schema, overrides))
         _check_log(run, resolved)
         if is_main_process():
             clear_stale_temporaries(run)
@@ -201,14 +203,16 @@ def run_fit(learn: Learner, run: Path, recipe: dict, meta: dict, resume: bool, c
     checkpoint, nan_guard = RunCheckpoint(meta, best=best, rule=rule), StopOnNaN()
     cbs = [*cbs, nan_guard, *([CSVLogger("history.csv")] if is_main_process() else []), checkpoint]
     if resume:
-        start, replay = checkpoint.restore(learn)
+        start, replay = checkpoint.restore(learn, cbs)
         cbs.append(replay)
         log.info(f"resuming {run} after epoch {start} of {n_epoch}")
     if start >= n_epoch:
         log.info(f"{run} already finished its {n_epoch} epochs; raise fit.n_epoch to train longer")
         return learn
-    with distributed(learn):
-        fit_pretrain(learn, n_epoch, start_epoch=start, cbs=cbs, **{k: v for k, v in fit.items() if v is not None})
+    bar = wants_bar()  # to a file or a pipe: a line an epoch, not every redraw of the bar
+    with distributed(learn), (nullcontext() if bar else learn.no_bar()):
+        fit_pretrain(learn, n_epoch, start_epoch=start, cbs=[*cbs, *([] if bar else [EpochLines()])],
+                     **{k: v for k, v in fit.items() if v is not None})
     if nan_guard.diverged:
         raise ColorganError(nan_guard.diverged)
     return learn

@@ -17,6 +17,7 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .utils import ColorganError, atomic_path, log, require_extra
@@ -73,14 +74,24 @@ def _open(src: Path):
 
 
 def _output(out, vin, dst: Path):
-    "The encoder: the source's size and frame rate; H.264 (VP9 in .webm), 4:2:0 where the size allows it."
+    """The encoder: H.264 (VP9 in .webm), yuv420p at the source's size rounded up to even sides (what browsers and
+    QuickTime play; the odd last row or column is repeated), in the source's time base, so every frame keeps its
+    own timestamp (a variable-rate film stays variable, a late video start stays late against the sound)."""
     rate = vin.average_rate or vin.guessed_rate or Fraction(25)
     stream = out.add_stream("libvpx-vp9" if dst.suffix.lower() == ".webm" else "libx264", rate=rate)
-    stream.width, stream.height = vin.codec_context.width, vin.codec_context.height
-    even = stream.width % 2 == 0 and stream.height % 2 == 0
-    stream.pix_fmt = "yuv420p" if even else "yuv444p"
+    width, height = vin.codec_context.width, vin.codec_context.height
+    stream.width, stream.height = width + width % 2, height + height % 2
+    stream.pix_fmt = "yuv420p"
+    if vin.time_base:
+        stream.time_base = stream.codec_context.time_base = vin.time_base
     stream.options = {"crf": "18"}  # close to the source: the lightness is the photo's own
     return stream, rate
+
+
+def _even(rgb: np.ndarray) -> np.ndarray:
+    "An (H, W, 3) frame with its last row and/or column repeated to even sides (4:2:0 needs them)."
+    h, w = rgb.shape[:2]
+    return np.pad(rgb, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge") if h % 2 or w % 2 else rgb
 
 
 def colorize_video(colorizer, src: str | os.PathLike, dst: str | os.PathLike, temporal: float = 0.6,
@@ -140,13 +151,28 @@ def _encode(colorizer, smooth: TemporalAB, frames, out, vout, rate, done: dict, 
     for i, (l, s) in enumerate(zip(lightness, small)):
         ab, new_scene = smooth(s, predicted[i:i + 1])
         done["cuts"] += new_scene
-        frame = av.VideoFrame.from_ndarray(colorizer.combine(l, ab), format="rgb24")
-        frame.pts, frame.time_base = done["frames"], 1 / Fraction(rate)
+        frame = av.VideoFrame.from_ndarray(_even(colorizer.combine(l, ab)), format="rgb24")
+        frame.pts, frame.time_base = _timestamp(frames[i], done, rate, vout)
         out.mux(vout.encode(frame))
         done["frames"] += 1
     if bar is not None:
         bar.update(done["frames"])
         bar.comment = f"{done['frames'] / max(time.perf_counter() - start, 1e-9):.1f} frames/s"
+
+
+def _timestamp(src, done: dict, rate: Fraction, vout) -> tuple[int, Fraction]:
+    """The output frame's (pts, time base): the source frame's own, kept strictly increasing; a frame without one
+    (some AVI files) is placed one frame after the last at the average rate."""
+    base = vout.time_base or 1 / Fraction(rate)
+    last = done.get("pts")
+    if src.pts is not None and src.time_base is not None:
+        pts = int(round(src.pts * src.time_base / base))
+    else:
+        pts = 0 if last is None else last + max(1, int(round(1 / (Fraction(rate) * base))))
+    if last is not None and pts <= last:
+        pts = last + 1
+    done["pts"] = pts
+    return pts, base
 
 
 def _bar(total: int):

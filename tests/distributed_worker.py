@@ -3,6 +3,7 @@ rank writes a digest of its generator's weights and the dtypes its convolutions 
 compare them."""
 import hashlib
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -27,15 +28,20 @@ resume = mode == "resume"  # one epoch, then --resume to the second, from the re
 tiny = {"data": {"size": 32, "bs": 4, "valid_pct": 0.25, "augment": True},
         "fit": {"minutes": 0.3} if budget else {"n_epoch": 1 if resume else 2, "lr_max": 1e-3},
         "learner": {"precision": "bf16" if budget else "fp32"}}
+started = time.perf_counter()
 learn = pretrain(photos, out / "g", recipe={**tiny, "model": {"pretrained": False, "width": 0.25}})
+seconds = {"g": time.perf_counter() - started}
 if resume:
     learn = pretrain(photos, out / "g", resume=True, overrides=["fit.n_epoch=2"])
+started = time.perf_counter()
 gan = gan_finetune(photos, out / "g", out / "gan", recipe={**tiny, "critic": {"n_filters": 8}})
+seconds["gan"] = time.perf_counter() - started
 if resume:
     gan = gan_finetune(photos, out / "g", out / "gan", resume=True, overrides=["fit.n_epoch=2"])
 rank = dist.get_rank()
 for stage, run in (("g", learn), ("gan", gan)):
     (out / f"plan.{stage}.rank{rank}.txt").write_text(f"{run.n_epoch} x {run.dls.train.epoch_batches}")
+    (out / f"seconds.{stage}.rank{rank}.txt").write_text(f"{seconds[stage]:.2f}")
 if budget:
     sys.exit(0)
 for name, net in (("generator", gan.model), ("critic", gan.conditional_gan.critic)):

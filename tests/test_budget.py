@@ -132,13 +132,22 @@ def test_minutes_under_bf16_both_stages(photo_dir, tmp_path, fake_clock):
     gan = gan_finetune(photo_dir, tmp_path / "g", tmp_path / "gan", minutes=0.5,
                        recipe=tiny_recipe(learner=bf16, critic={"n_filters": 8}, fit={"n_epoch": None}))
     assert gan.policy.precision == "bf16"
+    import torch
     for run in ("g", "gan"):
         plan = json.loads((tmp_path / run / "checkpoints/budget.json").read_text())
         assert (tmp_path / run / "generator.pth").is_file() and plan["n_epoch"] >= 1
+        assert 'precision = "bf16"' in (tmp_path / run / "recipe.resolved.toml").read_text()
+        rows = _rows(tmp_path / run)
+        assert rows and all(float(r["train_loss"]) == float(r["train_loss"]) for r in rows)  # finite, every epoch
+    last = torch.load(tmp_path / "gan" / "checkpoints" / "last.pth", weights_only=True)
+    # the timing's steps were undone: the EMA (which steps aside) and the critic (whose state is put back) count
+    # the same real generator steps, and no more than the plan's batches
+    assert last["ema_updates"] == last["gan_batches"] <= plan["n_epoch"] * plan["epoch_batches"]
 
 
 def test_checkpoint_state_may_be_called_any_time(photo_dir):
-    "Before the first fit, inside one, after one: the protocol of every callback that offers it."
+    "Before the first fit, inside one, after one: the protocol of every callback that offers it, and what each holds."
+    import torch
     from fastai.callback.core import Callback
     from colorgan.data import photo_dls
     from colorgan.gan import gan_learner
@@ -157,6 +166,14 @@ def test_checkpoint_state_may_be_called_any_time(photo_dir):
     learn.fit(1, 1e-3, cbs=[during])
     after = {type(cb).__name__: cb.checkpoint_state() for cb in holders}
     assert len(during.states) == len(holders)
+    inside = dict(zip((type(cb).__name__ for cb in holders), during.states))
+    gan = learn.conditional_gan
+    assert before["ConditionalGAN"]["critic_opt"] is None and inside["ConditionalGAN"]["critic_opt"]["state"]
+    assert inside["ConditionalGAN"]["gan_batches"] <= 1 == after["ConditionalGAN"]["gan_batches"]  # one batch
+    assert all(torch.equal(v, gan.critic.state_dict()[k]) for k, v in after["ConditionalGAN"]["critic"].items())
+    n_tensors = len(learn.model.state_dict())
+    assert len(inside["GeneratorEMA"]["ema_raw"]) == n_tensors and inside["GeneratorEMA"]["ema_updates"] == 1
+    assert inside["DeviceMixedPrecision"]["scaler"] is not None  # bf16: the scaler exists, disabled
     assert after["DeviceMixedPrecision"]["scaler"] is not None and "ema_raw" in after["GeneratorEMA"]
     learn.validate()  # fastai's MixedPrecision.after_fit sets learn.scaler to None again
     assert learn.mixed_precision.checkpoint_state() == after["DeviceMixedPrecision"]
@@ -255,3 +272,102 @@ def test_a_recipes_epoch_length_is_not_resized(photo_dir, monkeypatch):
     learn = pretrain_learner(dls, pretrained=False, width=0.25)
     learn.fit_one_cycle(2, 1e-3, cbs=[BudgetClock(plan), seconds.callback()])
     assert seconds.lengths == [5, 5]
+
+
+class _Slowing:
+    "A clock only the fit moves: training batches `fast` s until `after` of them, `slow` s from then on; validation `valid`."
+    def __init__(self, monkeypatch, fast: float, slow: float, after: int, valid: float = 1.0):
+        self.now, self.fast, self.slow, self.after, self.valid = 0.0, fast, slow, after, valid
+        self.batches, self.lengths, self.pcts = 0, [], []
+        monkeypatch.setattr(colorgan.budget, "clock", lambda: self.now)
+
+    def callback(self):
+        from fastai.callback.core import Callback
+        seconds = self
+
+        class Tick(Callback):
+            order = 60  # before BudgetClock (70)
+            def before_train(self): seconds.lengths.append(0)
+
+            def after_batch(self):
+                if self.training:
+                    seconds.now += seconds.fast if seconds.batches < seconds.after else seconds.slow
+                    seconds.batches += 1
+                    seconds.lengths[-1] += 1
+
+            def after_validate(self): seconds.now += seconds.valid
+        return Tick()
+
+
+class _Pct:
+    "The schedule's position after each training batch (BudgetClock, order 70, has moved it)."
+    def __init__(self):
+        from fastai.callback.core import Callback
+        seen = self.seen = []
+
+        class Record(Callback):
+            order = 71
+            def after_batch(self): seen.append(self.pct_train) if self.training else None
+        self.callback = Record()
+
+
+@pytest.mark.parametrize("fast, slow, after, valid, n_epoch, batches", [
+    (1.0, 3.0, 16, 1.0, 6, 8),   # slows to a third mid-run: epochs 3-6 no longer fit
+    (2.4, 2.4, 0, 2.4, 12, 2),   # 2.4x slower from the start, validation as costly as two batches: fewer epochs
+])
+def test_a_budget_is_kept_when_the_machine_slows_down(photo_dir, monkeypatch, fast, slow, after, valid, n_epoch,
+                                                     batches):
+    """A plan for 1 minute at 1 s a batch; the machine turns slower: the fit ends within the minute, on fewer
+    epochs (each still validated and checkpointed), its one-cycle schedule run to its end (annealed)."""
+    from colorgan.budget import BudgetClock, Plan
+    from colorgan.data import photo_dls
+    from colorgan.learner import pretrain_learner
+    seconds, pct = _Slowing(monkeypatch, fast, slow, after, valid), _Pct()
+    plan = Plan(minutes=1, n_epoch=n_epoch, epoch_batches=batches, step_s=1.0, valid_s=1.0, save_s=0.0)
+    dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False, epoch_batches=batches, decode_workers=1)
+    learn = pretrain_learner(dls, pretrained=False, width=0.25)
+    learn.fit_one_cycle(n_epoch, 1e-3, cbs=[BudgetClock(plan), seconds.callback(), pct.callback])
+    assert seconds.now <= 60, seconds.lengths
+    assert 2 <= len(seconds.lengths) < n_epoch and len(learn.recorder.values) == len(seconds.lengths)
+    assert pct.seen[-1] == pytest.approx(1.0) and pct.seen == sorted(pct.seen)  # run to its end, never back
+
+
+def test_a_re_plan_never_trusts_a_pace_over_almost_no_batches(photo_dir, monkeypatch):
+    """A first epoch of one batch that ran in 0.01 s, the rest at the planned 1 s (a pace over one batch, or none,
+    as a rank of several can see): the remaining epochs are not blown up to hundreds of batches, and the fit ends
+    within its budget."""
+    from colorgan.budget import BudgetClock, Plan
+    from colorgan.data import photo_dls
+    from colorgan.learner import pretrain_learner
+    seconds = _Slowing(monkeypatch, 0.01, 1.0, 1, valid=0.5)
+    plan = Plan(minutes=0.5, n_epoch=4, epoch_batches=1, step_s=1.0, valid_s=0.5, save_s=0.0)
+    dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False, epoch_batches=1, decode_workers=1)
+    learn = pretrain_learner(dls, pretrained=False, width=0.25)
+    learn.fit_one_cycle(4, 1e-3, cbs=[BudgetClock(plan), seconds.callback()])
+    assert max(seconds.lengths) <= 30 and seconds.now <= 30, seconds.lengths  # 30 s hold 30 batches of 1 s at most
+
+
+def test_a_plan_for_several_processes_gives_each_its_share_of_the_batches():
+    """Two ranks: each steps through half the loader's batches an epoch, so the loader's epoch holds twice the
+    steps a rank's share of the budget buys (one process's plan fills it at the same pace)."""
+    one = plan_budget(10, step_s=1.0, valid_s=2.0, save_s=1.0, natural_batches=200)
+    two = plan_budget(10, step_s=1.0, valid_s=2.0, save_s=1.0, natural_batches=200, world=2)
+    assert two.steps * 2 >= two.epoch_batches > (two.steps - 1) * 2
+    assert two.planned_s <= 600 * MARGIN and two.planned_s >= 600 * MARGIN - two.n_epoch * 1.0 - 3.0
+    assert two.n_epoch * two.steps == pytest.approx(one.n_epoch * one.steps, rel=0.05)  # a rank trains as long
+    fixed = plan_budget(10, step_s=1.0, valid_s=2.0, save_s=1.0, natural_batches=200, epoch_batches=40, world=4)
+    assert fixed.epoch_batches == 40 and fixed.steps == 10 and fixed.n_epoch == int(600 * MARGIN // 13)
+
+
+def test_a_resumed_budget_run_counts_the_minutes_already_used(photo_dir, tmp_path, fake_clock, caplog):
+    "The time a run used before it was interrupted is in its checkpoint: the resumed clock shows what is left of it."
+    import logging
+    run = tmp_path / "run"
+    interrupted(pretrain, photo_dir, run, recipe=tiny_recipe(model=TINY_MODEL), minutes=0.5)
+    import torch
+    used = torch.load(run / "checkpoints" / "last.pth", weights_only=True)["budget"]["used_s"]
+    assert used > 0
+    with caplog.at_level(logging.INFO, logger="colorgan"):
+        pretrain(photo_dir, run, resume=True)
+    first = next(r.message for r in caplog.records if r.message.startswith("epoch 2/") and "so far" in r.message)
+    assert float(first.split(": ")[1].split(" min so far")[0]) >= used / 60 - 0.05, first

@@ -52,8 +52,9 @@ def test_two_gloo_ranks_train_both_stages_identically(photo_dir, tmp_path, launc
 
 @pytest.mark.slow
 def test_minutes_under_torchrun_give_every_rank_one_plan(photo_dir, tmp_path):
-    "--minutes with bf16 on two gloo ranks: every rank times its steps (validation and DDP are collectives), "
-    "rank 0's plan is everyone's, and the run finishes."
+    """--minutes with bf16 on two gloo ranks: every rank times its steps (validation and DDP are collectives),
+    rank 0's plan is everyone's, and each stage trains for its budget (each rank steps through half the loader's
+    batches: a plan that forgot it trained a quarter to a half of the time), not past it."""
     if not Path(_tool("torchrun")).exists():
         pytest.skip("torchrun is not installed")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
@@ -66,3 +67,5 @@ def test_minutes_under_torchrun_give_every_rank_one_plan(photo_dir, tmp_path):
         assert (tmp_path / stage / "generator.pth").is_file()
         recorded = (tmp_path / stage / "recipe.resolved.toml").read_text()
         assert 'device = "cpu"' in recorded  # a device type, never one rank's index
+        took = float((tmp_path / f"seconds.{stage}.rank0.txt").read_text())
+        assert 0.6 * 18 <= took <= 18 * 1.1 + 5, took  # 0.3 minutes; the launch and loading photos count too

@@ -61,7 +61,7 @@ def test_the_decoder_trains_on_the_bodys_features_of_the_same_crops(photo_dir, m
     assert all(torch.equal(a, b) for a, b in zip(body0, learn.model[0].parameters()))
     assert not all(torch.equal(a, b) for a, b in zip(decoder0, learn.model.layers[1:].parameters()))
     assert all(p.requires_grad for p in learn.model.parameters())  # the body trainable again after the fit
-    assert not hasattr(learn.model[0], "forward") or "forward" not in vars(learn.model[0])
+    assert "forward" not in vars(learn.model[0])  # the body's own forward again: no instance attribute left
     assert learn.dls.train.views is None
     learn.fit(1, 1e-3)
     assert computed == [1]  # the same body and photos: computed once
@@ -118,6 +118,10 @@ def test_an_exported_learner_carries_no_features(photo_dir, tmp_path):
     learn.export(tmp_path / "export.pkl")
     loaded = load_learner(tmp_path / "export.pkl")
     assert loaded.cbs.filter(lambda c: isinstance(c, FrozenFeatures))[0].views is None
+    import skimage.data
+    from PIL import Image
+    photo = Image.fromarray(skimage.data.astronaut()).resize((40, 32))
+    assert torch.allclose(loaded.predict(photo)[1], learn.predict(photo)[1], atol=1e-5)  # and it predicts
 
 
 def test_off_with_a_warning_under_several_processes(photo_dir, monkeypatch, caplog):
@@ -150,3 +154,46 @@ def test_without_augmentation_one_view_of_each_photo_is_computed_once(photo_dir,
     learn.fit(1, 1e-3)
     views = learn.cbs.filter(lambda c: isinstance(c, FrozenFeatures))[0].views
     assert views.n_views == 1 and computed == [1]
+
+
+def test_predict_validate_and_an_exported_learner_compute_no_features(photo_dir, tmp_path, monkeypatch, astronaut):
+    """fastai's validate, get_preds and predict open a fit of their own: a stored-features Learner answers them
+    without computing features, before its first fit and after export/load_learner (cpu=True)."""
+    from fastai.learner import load_learner
+    learn = _learner(photo_dir, views=3)
+    computed, real = [], colorgan.features.compute_views
+    monkeypatch.setattr(colorgan.features, "compute_views", lambda *a, **k: computed.append(1) or real(*a, **k))
+    ab = learn.predict(astronaut)[1]
+    learn.validate()
+    learn.get_preds(dl=learn.dls.test_dl([astronaut]))
+    assert computed == [] and ab.shape == (2, 32, 32)
+    learn.fit(1, 1e-3)
+    assert computed == [1]
+    learn.export(tmp_path / "export.pkl")
+    again = load_learner(tmp_path / "export.pkl", cpu=True)
+    assert torch.allclose(again.predict(astronaut)[1], learn.predict(astronaut)[1], atol=1e-5)
+    assert computed == [1]
+
+
+def test_off_with_a_warning_when_the_model_is_compiled_in_place(photo_dir, caplog, monkeypatch):
+    "colorgan's `compile` compiles the model in place (Module.compile): no features stored, the body runs each step."
+    learn = _learner(photo_dir, compile="eager")
+    computed = []
+    monkeypatch.setattr(colorgan.features, "compute_views", lambda *a, **k: computed.append(1))
+    learn.fit(1, 1e-3)
+    features = learn.cbs.filter(lambda c: isinstance(c, FrozenFeatures))[0]
+    assert computed == [] and features.views is None and "the model is compiled" in caplog.text
+
+
+def test_a_resume_that_would_thaw_the_body_is_refused_before_any_feature_is_computed(photo_dir, tmp_path,
+                                                                                    monkeypatch):
+    from conftest import interrupted
+    out = tmp_path / "run"
+    recipe = tiny_recipe(model={"pretrained": False, "width": 0.25}, learner={"feature_views": 2},
+                         fit={"freeze_pct": 1.0, "n_epoch": 2}, data={"augment": True})
+    interrupted(pretrain, photo_dir, out, recipe)
+    computed = []
+    monkeypatch.setattr(colorgan.features, "compute_views", lambda *a, **k: computed.append(1))
+    with pytest.raises(RecipeError, match="freeze_pct"):
+        pretrain(photo_dir, out, resume=True, overrides=["fit.freeze_pct=0.5"])
+    assert computed == []

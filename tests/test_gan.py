@@ -388,3 +388,33 @@ def test_the_critic_follows_the_data_not_a_gpu_policy(photo_dir):
     gan._setup()
     assert next(gan.critic.parameters()).device.type == "cpu"
     assert gan.device_type == "cpu" and gan.amp_dtype is None
+
+
+def test_a_fit_that_dies_after_the_generators_loss_leaves_the_critic_trainable(photo_dir):
+    """An exception between the generator's loss (critic frozen) and its backward: the critic is trainable again
+    when the next fit starts. It shows where that fit's first step is the critic's: a warm-up batch, after the
+    state of a checkpoint written during warm-up is loaded back into the same Learner (before: 'element 0 of
+    tensors does not require grad')."""
+    import copy
+
+    from fastai.callback.core import Callback
+
+    from colorgan.data import photo_dls
+    from colorgan.gan import ConditionalGAN, gan_learner
+    from colorgan.models import build_critic, build_generator
+    dls = photo_dls(photo_dir, size=32, bs=4, valid_pct=0.25, augment=False, epoch_batches=2, decode_workers=1)
+    learn = gan_learner(dls, build_generator(pretrained=False, width=0.25, img_size=32), build_critic(n_filters=8),
+                        ema_decay=None, warmup=1)
+    gan = learn.conditional_gan
+    early = copy.deepcopy(gan.checkpoint_state())  # no batch yet: the warm-up still to come
+
+    class Die(Callback):
+        order = ConditionalGAN.order + 1
+        def after_loss(self): raise RuntimeError("out of memory, say")
+    with pytest.raises(RuntimeError, match="out of memory"):
+        learn.fit(1, 1e-3, cbs=[Die()])  # batch 1 warms the critic up, batch 2 dies with the critic frozen
+    gan.load_checkpoint_state(early)
+    before = [p.detach().clone() for p in gan.critic.parameters()]
+    learn.fit(1, 1e-3)
+    assert any(not torch.equal(a, b) for a, b in zip(before, gan.critic.parameters()))
+    assert all(p.requires_grad for p in gan.critic.parameters())

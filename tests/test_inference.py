@@ -420,3 +420,57 @@ def test_the_compiled_recombination_gives_the_exact_paths_colours_and_later_proc
     assert (back == levels[..., None]).all()  # a gray photo with no chroma comes back level for level
     later = "from colorgan.fused import fused_loop; import sys; sys.exit(fused_loop(False) is None)"
     assert subprocess.run([sys.executable, "-c", later], env=os.environ).returncode == 0  # loaded, not rebuilt
+
+
+@pytest.mark.parametrize("head", ["ab", "classes"])
+def test_inference_records_no_graph(head, astronaut):
+    """predict_ab, predict_small and colorize run the generator under inference mode: autograd saves no tensor, the
+    ab it returns is attached to no graph, and a class head keeps nothing of the call on itself."""
+    from colorgan.models import build_generator, class_head
+    net = build_generator(pretrained=False, width=0.25, img_size=32, head=head, out_stride=4 if head == "classes" else 1)
+    colorizer = Colorizer(net, render_size=32, device="cpu")
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        l = colorizer.lightness(astronaut)
+        ab = colorizer.predict_ab([l])[0]
+        small = colorizer.predict_small([colorizer.render_l(l)])[0]
+        colorizer(astronaut)
+    assert saved == [] and not ab.requires_grad and ab.grad_fn is None and not small.requires_grad
+    if head == "classes":
+        assert not [k for k, v in vars(class_head(net)).items() if torch.is_tensor(v)]
+
+
+def test_serve_keeps_no_graph_between_requests(artefact, astronaut):
+    """Twenty requests through serve's torch engine: every generator output is an inference tensor (no graph), and
+    the renders serve keeps for /render hold none either."""
+    from fastapi.testclient import TestClient
+
+    from colorgan.serve import create_app
+    colorizer = Colorizer.from_artifact(artefact, device="cpu", engine="torch")
+    outputs = []
+    colorizer.model.register_forward_hook(lambda m, i, o: outputs.append((o.requires_grad, o.is_inference())))
+    client = TestClient(create_app(colorizer))
+    buf = io.BytesIO()
+    astronaut.save(buf, format="PNG")
+    for _ in range(20):
+        assert client.post("/colorize", files={"image": ("a.png", buf.getvalue())}).status_code == 200
+    assert len(outputs) == 20 and all(not grad and inference for grad, inference in outputs)
+
+
+def test_a_package_others_may_write_is_not_loaded(monkeypatch, caplog, tmp_path):
+    "Native code in a cache folder: a stamped package that others may replace is refused with a warning, unloaded."
+    from colorgan import fused
+    from colorgan.utils import write_stamp
+    monkeypatch.setenv("COLORGAN_CACHE", str(tmp_path))
+    monkeypatch.setattr(fused, "_LOADED", {})
+    loads = []
+    monkeypatch.setattr(torch._inductor, "aoti_load_package", lambda p: loads.append(p) or (lambda *a: a))
+    path = fused.package_path()
+    path.parent.mkdir(parents=True, mode=0o700)
+    path.write_bytes(b"a package")
+    write_stamp(path)
+    path.chmod(0o666)
+    assert fused.fused_loop(False) is None and loads == [] and "another user or others may write" in caplog.text
+    monkeypatch.setattr(fused, "_LOADED", {})
+    path.chmod(0o600)
+    assert fused.fused_loop(False) is not None and len(loads) == 1  # the same package, this user's alone: loaded

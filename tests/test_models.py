@@ -44,14 +44,16 @@ def test_width_narrows_the_network_and_is_refused_where_no_weights_fit(generator
             build_generator(**{"pretrained": False, "width": 0.5, "img_size": 32, **kwargs})
 
 
-def test_local_weights_file_loads_and_sums_rgb(tmp_path):
+def test_local_weights_file_loads_and_folds_its_rgb_stem_onto_l(tmp_path):
+    "The stem's RGB kernels, each divided by the body's std for that colour, summed and halved (`one_channel_stem`)."
     src = timm.create_model("resnet18", pretrained=False)
     path = tmp_path / "resnet18.pth"
     torch.save(src.state_dict(), path)
     g = build_generator(weights=str(path), pretrained=False, img_size=32)
     conv = g[0][0]
     assert conv.weight.shape[1] == 1
-    assert torch.allclose(conv.weight, src.conv1.weight.sum(1, keepdim=True))
+    std = torch.tensor(src.pretrained_cfg["std"]).view(1, 3, 1, 1)
+    assert torch.allclose(conv.weight, (src.conv1.weight / std).sum(1, keepdim=True) / 2, atol=1e-6)
     assert torch.equal(g[0][4][0].conv1.weight, src.layer1[0].conv1.weight)
 
 
@@ -193,10 +195,13 @@ def test_class_head_reads_out_ab_and_trains_on_cross_entropy(photo_dir):
     from colorgan.losses import ColourClassLoss, ab_bins, ab_cell_centres
     from colorgan.models import class_head
     net = build_generator(pretrained=False, width=0.25, img_size=32, out_stride=4, head="classes").eval()
-    with torch.no_grad():
-        ab = net(torch.randn(2, 1, 32, 48))
     head = class_head(net)
-    assert ab.shape == (2, 2, 32, 48) and head.logits.shape == (2, ab_cell_centres().shape[0], 8, 12)
+    loss = ColourClassLoss(head)
+    with torch.no_grad(), loss.hooked():
+        ab = net(torch.randn(2, 1, 32, 48))
+        logits = loss.hook.stored
+    assert ab.shape == (2, 2, 32, 48) and logits.shape == (2, ab_cell_centres().shape[0], 8, 12)
+    assert loss.hook is None and not head._forward_hooks  # the hook lives only while `hooked()` is open
     assert ab.abs().max() < 0.05  # starts near uniform over the cells: gray
     assert "centres" not in " ".join(net.state_dict())  # a constant, not a weight
     centres = ab_cell_centres()
@@ -212,3 +217,33 @@ def test_class_head_reads_out_ab_and_trains_on_cross_entropy(photo_dir):
     before = learn.validate()[0]
     learn.fit(2, 1e-2)
     assert learn.validate()[0] < before  # the cross-entropy falls
+    assert learn.loss_func.hook is None and not class_head(learn.model)._forward_hooks  # nothing kept after a fit
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "tf_efficientnet_lite0"])
+def test_the_one_channel_stem_sees_a_gray_photo_as_its_imagenet_weights_did(arch):
+    """ImageNet weights folded onto L: the stem (conv, then its BatchNorm in eval mode) gives on `norm_l(L)` what the
+    RGB stem gave on the same gray photo normalised by the body's own mean and std (timm's pretrained_cfg), away
+    from the zero padding at the border. ResNet's std (about 0.226) is not Lite0's (0.5)."""
+    import copy
+
+    import timm
+
+    from colorgan.color import norm_l
+    from colorgan.models import one_channel_stem
+    torch.manual_seed(0)
+    rgb_model = timm.create_model(arch, pretrained=False).eval()
+    conv, bn = (rgb_model.conv1, rgb_model.bn1) if arch == "resnet18" else (rgb_model.conv_stem, rgb_model.bn1)
+    bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
+    gray = torch.rand(1, 1, 40, 40)  # [0, 1]
+    mean = torch.tensor(rgb_model.pretrained_cfg["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(rgb_model.pretrained_cfg["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        want = bn(conv((gray.expand(1, 3, 40, 40) - mean) / std))
+    l_model = copy.deepcopy(rgb_model)
+    one_channel_stem(l_model, pretrained=True)
+    conv1, bn1 = (l_model.conv1, l_model.bn1) if arch == "resnet18" else (l_model.conv_stem, l_model.bn1)
+    with torch.no_grad():
+        got = bn1(conv1(norm_l(gray * 100)))
+    assert conv1.weight.shape[1] == 1 and got.shape == want.shape
+    assert torch.allclose(got[..., 2:-2, 2:-2], want[..., 2:-2, 2:-2], atol=1e-4)

@@ -156,3 +156,72 @@ def test_a_gray_film_comes_out_in_colour(artefact, tmp_path):
     assert len(got) == 6 and got[0].shape == src[0].shape
     assert colorfulness(torch.from_numpy(got[0]).permute(2, 0, 1)[None] / 255.0) > 1  # colour where there was none
     assert (lab(src[0])[0] - lab(got[0])[0]).abs().mean() < 1.5
+
+
+def _timed_film(path, times_ms, size=SIZE, audio_lead_ms=0):
+    """A film whose frames show at `times_ms` (milliseconds, any spacing: variable rate), optionally with a tone
+    that starts `audio_lead_ms` before the first frame (the video starts late)."""
+    from fractions import Fraction
+    out = av.open(str(path), "w")
+    video = out.add_stream("libx264", rate=FPS)
+    video.width, video.height, video.pix_fmt = *size, "yuv420p" if size[0] % 2 == 0 == size[1] % 2 else "yuv444p"
+    video.time_base = video.codec_context.time_base = Fraction(1, 1000)
+    sound = out.add_stream("aac", rate=8000) if audio_lead_ms else None
+    picture = np.asarray(Image.fromarray(skimage.data.astronaut()).resize(size))
+    for t in times_ms:
+        frame = av.VideoFrame.from_ndarray(np.roll(picture, t // 40, axis=1), format="rgb24")
+        frame.pts, frame.time_base = t + audio_lead_ms, Fraction(1, 1000)
+        out.mux(video.encode(frame))
+    out.mux(video.encode(None))
+    if sound is not None:
+        samples = 8000 * (times_ms[-1] + audio_lead_ms) // 1000
+        wave = (0.3 * np.sin(2 * np.pi * 440 * np.arange(samples) / 8000)).astype(np.float32)[None]
+        for start in range(0, samples, 1024):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(wave[:, start:start + 1024]), format="fltp",
+                                               layout="mono")
+            frame.sample_rate, frame.pts = 8000, start
+            out.mux(sound.encode(frame))
+        out.mux(sound.encode(None))
+    out.close()
+    return path
+
+
+def _frame_times(path):
+    "Each video frame's presentation time (s), and the start times (s) of the video and audio streams."
+    f = av.open(str(path))
+    times = [float(fr.pts * fr.time_base) for fr in f.decode(video=0)]
+    starts = {s.type: float(s.start_time * s.time_base) for s in f.streams if s.start_time is not None}
+    f.close()
+    return times, starts
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
+def test_a_variable_rate_film_keeps_each_frames_time(suffix, tmp_path):
+    "Frames 40 ms apart, then 400 ms, then 40 again (a phone's film): the output shows each frame when the source did."
+    times_ms = [0, 40, 80, 480, 880, 920, 960, 1360, 1400]
+    src = _timed_film(tmp_path / f"vfr{suffix}", times_ms)
+    out = tmp_path / f"colour{suffix}"
+    Colorizer(Noisy(), render_size=32, device="cpu").colorize_video(src, out, progress=False)
+    got, _ = _frame_times(out)
+    want, _ = _frame_times(src)
+    assert len(got) == len(times_ms) and np.allclose(np.array(got) - got[0], np.array(want) - want[0], atol=0.002)
+
+
+def test_a_film_whose_video_starts_after_its_sound_keeps_the_offset(tmp_path):
+    src = _timed_film(tmp_path / "late.mkv", [i * 1000 // FPS for i in range(12)], audio_lead_ms=500)
+    out = tmp_path / "colour.mkv"
+    Colorizer(Noisy(), render_size=32, device="cpu").colorize_video(src, out, progress=False)
+    (_, want), (_, got) = _frame_times(src), _frame_times(out)
+    assert want["video"] - want["audio"] == pytest.approx(0.5, abs=0.03)
+    assert got["video"] - got["audio"] == pytest.approx(want["video"] - want["audio"], abs=0.01)
+
+
+def test_an_odd_sized_film_is_padded_to_4_2_0(tmp_path):
+    "95x63: yuv444p is unplayable in browsers and QuickTime; the output is 96x64 yuv420p, the last row repeated."
+    src = _timed_film(tmp_path / "odd.mp4", [i * 1000 // FPS for i in range(4)], size=(95, 63))
+    out = tmp_path / "colour.mp4"
+    Colorizer(Noisy(), render_size=32, device="cpu").colorize_video(src, out, progress=False)
+    f = av.open(str(out))
+    v = f.streams.video[0]
+    assert (v.codec_context.width, v.codec_context.height, v.codec_context.pix_fmt) == (96, 64, "yuv420p")
+    f.close()

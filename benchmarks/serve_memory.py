@@ -21,13 +21,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _rss_mb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from inference import _rss_mb  # noqa: E402  (benchmarks/inference.py: the same /proc/self/status reader)
 
 
 def measure(model: str, requests: int, render_size: int, trace: str | None = None) -> dict:
@@ -101,7 +96,7 @@ def main() -> None:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(work / "base")],
                                capture_output=True)
     print(f"serve, torch engine on the CPU: {args.requests} uploads of 2048x1536 at render {args.render_size}")
-    print(f"| tree | RSS before (MB) | after request 1 | after the last | requests done | growth | peak |")
+    print("| tree | RSS before (MB) | after request 1 | after the last | requests done | growth | peak |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, r in rows:
         done = f"{len(r['after_mb'])}" + (" (killed: out of memory)" if r.get("killed") else "")

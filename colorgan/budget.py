@@ -3,8 +3,9 @@
 Before the fit, a few training batches are timed (on a copy of the state that is then put back: the probe
 changes nothing), one validation pass and one checkpoint write too; `plan_budget` turns those into a number of
 epochs and of batches per epoch so that the schedule, validation and checkpoints included, ends within the budget.
-The plan is written into the resolved recipe (`fit.n_epoch`, `data.epoch_batches`), so `--resume` continues the
-same schedule with what is left of it, and every rank follows rank 0's plan.
+The plan is kept in the run's `checkpoints/budget.json` (the resolved recipe keeps the budget), `BudgetClock`'s
+re-plans and the time used in its `last.pth`, so `--resume` continues the same schedule with what is left of it;
+every rank follows rank 0's plan.
 """
 from __future__ import annotations
 
@@ -286,31 +287,38 @@ class BudgetClock(Callback):
 
     def replan(self, now: float) -> None:
         """The remaining epochs (their number, and their length where the plan sized it) that fit what is left of
-        the budget at this epoch's pace, each epoch's validation and checkpoint included; rank 0's decision."""
-        step, remaining, world = self.pace(), self.last - self.epoch, self.plan.world
+        the budget at this epoch's pace, each epoch's validation and checkpoint included; rank 0's decision, every
+        rank's (each rank's clock differs: one decision, shared, or the ranks would part at the next collective)."""
+        remaining, world = self.last - self.epoch, self.plan.world
         steps = steps_of(self._loader().epoch_batches or self.n_iter * world, world)
-        left = self.left_s(now) * MARGIN
-        finish = remaining * (steps * step + self.overhead_s)
-        if self.epoch > 0 and ON_COURSE * left <= finish <= left:
-            return  # on course: the plan holds
-        if self.plan.fixed_epochs:  # the recipe's epoch length (how often to validate) stays; only the count shrinks
-            epochs = min(remaining, int(left // (steps * step + self.overhead_s)))
-            new_steps = steps
-        else:  # epochs long enough to time (MIN_PACE_BATCHES) and to train at least as long as they validate
-            shortest = min(steps, MIN_PACE_BATCHES)
-            epochs = min(remaining, int(left // (shortest * step + self.overhead_s)),
-                         max(1, int(left // max(2 * self.overhead_s, 1e-9))))
-            epochs = max(epochs, 1 if left >= step + self.overhead_s else 0)  # the last: whatever still fits
-            new_steps = int((left / max(epochs, 1) - self.overhead_s) // max(step, 1e-9))
-        epochs, new_steps = broadcast_object((epochs, new_steps))
+        step, epochs, new_steps = broadcast_object(self._replanned(now, steps, remaining))
+        if epochs == remaining and new_steps == steps:
+            return
         if epochs < remaining:
             log.info(f"budget: at {step:.2f} s a batch, {epochs} more epoch(s) fit, not {remaining}: the schedule "
                      f"is compressed into them")
         self.last, self.share = self.epoch + epochs, (1 - self.pct0) / max(epochs, 1)
-        if not self.plan.fixed_epochs and epochs and abs(new_steps - steps) > REPLAN_OFF * steps:
+        if new_steps != steps:
             log.info(f"budget: the epochs ran at {step:.2f} s a batch, not the planned {self.plan.step_s:.2f}: the "
                      f"remaining {epochs} get {new_steps} batches each, not {steps}")
             self._loader().epoch_batches = new_steps * world
+
+    def _replanned(self, now: float, steps: int, remaining: int) -> tuple[float, int, int]:
+        "(seconds a step, epochs, steps an epoch) for the rest, as this rank sees it; unchanged while on course."
+        step, left = self.pace(), self.left_s(now) * MARGIN
+        finish = remaining * (steps * step + self.overhead_s)
+        if self.epoch > 0 and ON_COURSE * left <= finish <= left:
+            return step, remaining, steps  # on course: the plan holds
+        if self.plan.fixed_epochs:  # the recipe's epoch length (how often to validate) stays; only the count shrinks
+            return step, min(remaining, int(left // (steps * step + self.overhead_s))), steps
+        shortest = min(steps, MIN_PACE_BATCHES)  # epochs long enough to time, training at least as long as validating
+        epochs = min(remaining, int(left // (shortest * step + self.overhead_s)),
+                     max(1, int(left // max(2 * self.overhead_s, 1e-9))))
+        epochs = max(epochs, 1 if left >= step + self.overhead_s else 0)  # the last: whatever still fits
+        new_steps = int((left / max(epochs, 1) - self.overhead_s) // max(step, 1e-9))
+        if not epochs or abs(new_steps - steps) <= REPLAN_OFF * steps:
+            new_steps = steps
+        return step, epochs, max(1, new_steps)
 
     def checkpoint_state(self) -> dict:
         "Any time during a fit: the time used, the schedule's position and the epochs as re-planned."

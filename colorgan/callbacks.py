@@ -300,7 +300,14 @@ def load_checkpoint(learn, run: str | Path) -> dict:
     path = Path(run) / LAST
     if not path.is_file():
         raise ColorganError(f"nothing to resume in {run}: {LAST} does not exist (the run never finished an epoch)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  a truncated or damaged file: torch's errors vary (OSError, RuntimeError)
+        raise ColorganError(f"{path} is damaged ({type(e).__name__}: {e}): the run cannot be resumed from it; start "
+                            f"it again with --overwrite ({BEST} and generator.pth, where present, hold generators "
+                            f"that colorize)") from None
+    if not isinstance(state, dict) or not {"model", "opt", "epoch"} <= state.keys():
+        raise ColorganError(f"{path} is not a colorgan checkpoint: start the run again with --overwrite")
     model = _unwrap(learn.model)
     model.load_state_dict(state["model"])
     model.to(learn.dls.device)  # first: torch puts optimizer state on its parameters' device as it loads it

@@ -144,13 +144,14 @@ def evaluate(paths, out, baseline, render_size, overwrite, device, engine):
 
 @main.command()
 @click.argument("model", type=click.Path())
-@click.option("--onnx", "onnx_path", required=True, type=click.Path(dir_okay=False), help="The .onnx file to write.")
+@click.option("--onnx", "onnx_path", required=True, help="The .onnx file to write.")
 @click.option("--opset", type=click.IntRange(13, 20),
               help="ONNX opset, 13 to 20 (default 17; what torch's exporter writes for this network).")
-def export(model, onnx_path, opset):
+@click.option("--overwrite", is_flag=True, help="Replace an existing .onnx file.")
+def export(model, onnx_path, opset, overwrite):
     "Export MODEL to ONNX (input L in [0,100], output ab; dynamic size, multiples of 32), checked against torch."
     from .export import export_onnx
-    diffs = export_onnx(model, onnx_path, **given(opset=opset))
+    diffs = export_onnx(model, onnx_path, **given(opset=opset, overwrite=overwrite or None))
     checked = "; ".join(f"{'x'.join(map(str, s))}: max |diff| {d:.2e}" for s, d in diffs) if diffs else "not checked"
     click.echo(f"wrote {onnx_path} ({checked})")
 

@@ -1,8 +1,9 @@
 """`colorgan colorize`: files, folders and globs in, full-resolution colour photos out, mirrored under one folder.
 
 An input is never overwritten, existing outputs are kept unless `overwrite`, and a file that cannot be read gets
-a one-line error while the others go on; the caller sees how many failed. A film named as a file (by its suffix:
-`colorgan.video.VIDEO_SUFFIXES`) is colorized as a film into `out/NAME` (`colorgan.video`).
+a one-line error while the others go on; the caller sees how many failed. A film (by its suffix:
+`colorgan.video.VIDEO_SUFFIXES`), named or found in a folder or by a glob, is colorized as a film (`colorgan.video`)
+into its mirrored path, with the same collision check and counts as a photo.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from fastprogress.fastprogress import progress_bar
 from PIL import Image
 
 from .inference import Colorizer
-from .photos import IMAGE_EXTENSIONS, exif_upright, find_photos
+from .photos import IMAGE_EXTENSIONS, exif_upright
 from .utils import ColorganError, atomic_write_bytes, check_writable, log
 from .video import colorize_video, is_video
 
@@ -54,22 +55,26 @@ def expand_inputs(inputs, outcome: Outcome) -> list[tuple[Path, Path]]:
     return kept
 
 
+def _wanted(path: Path) -> bool:
+    "A photo or a film, by its suffix (any letter case)."
+    return path.suffix.lower() in IMAGE_EXTENSIONS or is_video(path)
+
+
 def _expand_one(text: str, outcome: Outcome) -> list[tuple[Path, Path]]:
     path = Path(text)
-    if path.is_dir():
-        try:
-            return [(f, f.relative_to(path)) for f in find_photos(path)]
-        except ColorganError as e:  # an empty folder is that input's failure, not the command's
-            outcome.failed.append((text, str(e)))
-            return []
+    if path.is_dir():  # pathlib's rglob does not descend into symlinked folders: no loops
+        found = sorted(f for f in path.rglob("*") if _wanted(f) and f.is_file())
+        if not found:  # an empty folder is that input's failure, not the command's
+            outcome.failed.append((text, f"no photos in {path}, nor films: looked recursively for files ending in "
+                                         f"{' '.join(sorted(IMAGE_EXTENSIONS))} or a film's suffix"))
+        return [(f, f.relative_to(path)) for f in found]
     if path.is_file():
         return [(path, Path(path.name))]
     parts = path.parts
     fixed = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
     root = Path(*parts[:fixed]) if fixed else Path(".")
     matches = [] if fixed == len(parts) else [
-        m for m in sorted(root.glob(str(Path(*parts[fixed:])))) if m.suffix.lower() in IMAGE_EXTENSIONS
-        and m.is_file()]  # pathlib's ** does not descend into symlinked folders: no loops
+        m for m in sorted(root.glob(str(Path(*parts[fixed:])))) if _wanted(m) and m.is_file()]
     if not matches:
         outcome.failed.append((text, "no such file, folder or matching photo"))
     return [(m, m.relative_to(root)) for m in matches]
@@ -98,19 +103,23 @@ def colorize_paths(colorizer: Colorizer, inputs, out: str | os.PathLike, overwri
     smoothing strength); see the module's doc."""
     out, outcome = Path(out), Outcome()
     check_writable(out)
-    films = [Path(i) for i in inputs if is_video(i) and Path(i).is_file()]
-    inputs = [i for i in inputs if Path(i) not in films]
-    for film in films:
-        _colorize_film(colorizer, film, out / film.name, overwrite, temporal, bs, outcome)
-    pairs = expand_inputs(inputs, outcome) if inputs else []
+    pairs = expand_inputs(inputs, outcome) if inputs else []  # photos and films alike: one expansion, one check
+    films = [(src, rel) for src, rel in pairs if is_video(src)]
+    pairs = [(src, rel) for src, rel in pairs if not is_video(src)]
+    for film, rel in films:
+        _colorize_film(colorizer, film, out / rel, overwrite, temporal, bs, outcome)
     sources, claimed, todo = {p.resolve() for p, _ in pairs}, {(out / rel).resolve() for _, rel in pairs}, []
     for src, rel in pairs:
         dest = out / rel
         side = dest.with_name(f"{dest.stem}_compare{dest.suffix}") if compare else None
         writes = [dest] + ([side] if side else [])
         inputs_hit = [p for p in writes if p.resolve() in sources]
+        not_files = [p for p in writes if p.exists() and not p.is_file()]
         if inputs_hit:
             outcome.failed.append((str(src), f"refusing to overwrite an input with {inputs_hit[0]}"))
+        elif not_files:
+            outcome.failed.append((str(src), f"its output {not_files[0]} is a folder (or another thing that is no "
+                                             f"file): move it, or choose another --out"))
         elif side is not None and side.resolve() in claimed:
             outcome.failed.append((str(src), f"its comparison {side} would replace another photo's output"))
         elif not overwrite and any(p.exists() for p in writes):
@@ -128,6 +137,9 @@ def _colorize_film(colorizer: Colorizer, src: Path, dest: Path, overwrite: bool,
     "One film, or its one-line failure; never over its source, nor over an output that exists unless `overwrite`."
     if dest.resolve() == src.resolve():
         outcome.failed.append((str(src), f"refusing to overwrite an input with {dest}"))
+    elif dest.exists() and not dest.is_file():
+        outcome.failed.append((str(src), f"its output {dest} is a folder (or another thing that is no file): move "
+                                         f"it, or choose another --out"))
     elif dest.exists() and not overwrite:
         outcome.skipped.append(dest)
     else:
@@ -181,8 +193,13 @@ def _read_chunk(chunk, outcome: Outcome) -> list[tuple[tuple[Path, Path | None],
 
 
 def _save_chunk(colorizer: Colorizer, images, colours, outcome: Outcome) -> None:
+    "Write a chunk's photos; a write that fails (EFBIG under `ulimit -f`, a quota) is that photo's failure alone."
     for ((dest, side), img), colour in zip(images, colours):
-        _save(colour, dest)
-        outcome.written.append(dest)
-        if side is not None:
-            _save(_side_by_side(colorizer, img, colour), side)
+        try:
+            _save(colour, dest)
+            outcome.written.append(dest)
+            if side is not None:
+                _save(_side_by_side(colorizer, img, colour), side)
+        except OSError as e:  # a full disk is a ColorganError (atomic_path): the command's, not one photo's
+            outcome.failed.append((str(dest), f"cannot write it: {e.strerror or e}"))
+            log.error(f"{dest}: cannot write it ({e.strerror or e}); going on with the others")

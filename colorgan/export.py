@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .artifacts import load_generator
+from .artifacts import load_generator, resolve_artifact
 from .color import denorm_ab, norm_l
 from .models import STRIDE
 from .utils import ColorganError, atomic_path, check_writable, log, require_extra
@@ -45,15 +45,41 @@ def check_onnx(path: str | os.PathLike, module: nn.Module, shapes) -> list[tuple
     return diffs
 
 
-def export_onnx(model: str | os.PathLike, onnx_path: str | os.PathLike, opset: int = 17, check: bool = True):
+def check_onnx_path(onnx_path, model: Path, overwrite: bool) -> Path:
+    """Where an export may write, as every command writes: a file name ending in .onnx, never the generator being
+    read (nor a link to it), never a folder or anything but a regular file (a device: /dev/null), an existing file
+    only with `overwrite`. Raises ColorganError naming the way out."""
+    text = os.fspath(onnx_path)
+    if not text.strip():
+        raise ColorganError("--onnx needs the name of the file to write, e.g. --onnx generator.onnx")
+    path = Path(text)
+    if text.endswith(("/", os.sep)) or path.is_dir():
+        raise ColorganError(f"--onnx {text} is a folder: give the file to write in it, e.g. {path / 'generator.onnx'}")
+    if path.suffix.lower() != ".onnx":
+        raise ColorganError(f"--onnx {text}: an ONNX file's name ends in .onnx (nothing else is written over)")
+    if path.exists() or path.is_symlink():
+        if path.exists() and os.path.samefile(path, model):
+            raise ColorganError(f"--onnx {text} is the generator being exported ({model}): choose another file")
+        if not path.is_file():
+            raise ColorganError(f"--onnx {text} exists and is not a regular file: choose another path")
+        if not overwrite:
+            raise ColorganError(f"--onnx {text} already exists: pass --overwrite to replace it, or choose another "
+                                f"path")
+    check_writable(path.parent, "--onnx")
+    return path
+
+
+def export_onnx(model: str | os.PathLike, onnx_path: str | os.PathLike, opset: int = 17, check: bool = True,
+                overwrite: bool = False):
     """Export a run folder or artefact to ONNX (input 'L', output 'ab', dynamic N, H, W) and, when onnxruntime is
-    installed, check it matches torch within 1e-3 at two sizes. Returns the check's [(shape, max diff)]."""
+    installed, check it matches torch within 1e-3 at two sizes. Returns the check's [(shape, max diff)].
+    `onnx_path` follows `check_onnx_path` (an existing file is replaced only with `overwrite`)."""
     require_extra("onnx", "onnx")
-    check_writable(Path(onnx_path).parent, "--onnx")
+    onnx_path = check_onnx_path(onnx_path, resolve_artifact(model), overwrite)
     net, meta = load_generator(model)
     module = LabGenerator(net).eval()
     size = _multiple_of_stride(meta["size"])
-    onnx_path, diffs = Path(onnx_path), None
+    diffs = None
     with atomic_path(onnx_path) as tmp, warnings.catch_warnings():  # named only once written and checked
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # DynamicUnet's shape checks: true at any size /32
         # The TorchScript exporter on purpose, though torch deprecates it: torch.export's (dynamo=True) needs

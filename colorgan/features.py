@@ -10,7 +10,7 @@ new one at every epoch, and their features in memory (`FeatureViews.nbytes`, che
 from __future__ import annotations
 
 import contextlib
-import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -48,18 +48,53 @@ def skip_hooks(unet: torch.nn.Module) -> list:
     return [layer.hook for layer in unet.layers if isinstance(layer, UnetBlock)]
 
 
-def _free_bytes() -> int:
+def _meminfo_available() -> int | None:
+    "What the kernel calls available (MemAvailable: free memory and the page cache it can drop), or None."
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # no sysconf (Windows): assume there is room
-        return 1 << 62
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def _cgroup_room() -> int | None:
+    "What this process's cgroup (v2) may still take, a container's memory.max less memory.current, or None."
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        return int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _address_space_room() -> int | None:
+    "What `ulimit -v` (RLIMIT_AS) leaves this process beyond what it has mapped, or None without a limit."
+    try:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft == resource.RLIM_INFINITY:
+            return None
+        with open("/proc/self/status") as f:
+            size = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+        return soft - size
+    except (ImportError, OSError, StopIteration, ValueError):
+        return None
+
+
+def _free_bytes() -> int:
+    """The memory this process can still take: the least of what the machine has available, its cgroup's room
+    (a container's limit) and its address-space limit; unbounded where none can be read (Windows)."""
+    rooms = [r for r in (_meminfo_available(), _cgroup_room(), _address_space_room()) if r is not None]
+    return max(0, min(rooms)) if rooms else 1 << 62
 
 
 def _check_room(per_view: int, n: int, n_views: int) -> None:
     need, free = per_view * n * n_views, _free_bytes()
     if need > MEMORY_SHARE * free:
         raise ColorganError(f"the body's features of {n_views} view(s) of {n} photos need {need / 2**30:.1f} GiB, more "
-                            f"than half the {free / 2**30:.1f} GiB of memory free: fewer views "
+                            f"than half the {free / 2**30:.1f} GiB of memory this process can still take (what the "
+                            f"machine has available, or its container's or ulimit's limit): fewer views "
                             f"(learner.feature_views), a smaller data.size, or 0 views to run the body at every step")
 
 

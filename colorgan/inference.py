@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +21,8 @@ from .artifacts import load_generator, resolve_artifact
 from .models import STRIDE
 from .color import chroma_table, denorm_ab, lab_to_rgb8, norm_l, rgb8_and_redo
 from .device import resolve_device, resolve_precision
-from .photos import default_cache_dir, pil_to_l
-from .utils import ColorganError, is_stamped, log, sha256_of, write_stamp
+from .photos import default_cache_dir, pil_to_l, writable_cache
+from .utils import ColorganError, is_stamped, log, remove_stamped, sha256_of, write_stamp
 
 __all__ = ["Colorizer", "render_shape", "resolve_engine", "STRIDE", "ENGINES"]
 
@@ -60,31 +59,35 @@ def resolve_engine(engine: str, device: torch.device, precision: str) -> str:
     return engine
 
 
-def cached_onnx(artifact: Path) -> Path:
+def cached_onnx(artifact: Path, rebuild: bool = False) -> Path:
     """The artefact's ONNX graph in the cache folder, under the artefact's hash, exported once and checked against
-    torch within 1e-3. A stamp beside it holds the graph's own hash: a cached file that was truncated, emptied,
-    changed or replaced (by a folder, another model's graph) no longer matches it and is exported again."""
+    torch within 1e-3. A stamp beside it holds the graph's hash and the artefact's: a cached file that was
+    truncated, emptied, changed or replaced (by a folder, another model's graph with its own stamp) no longer
+    matches it and is exported again; so is one when `rebuild` (onnxruntime could not load it)."""
     from .export import export_onnx
-    path = default_cache_dir() / "onnx" / f"generator-{sha256_of(artifact)[:24]}.onnx"
-    if is_stamped(path):
+    source = sha256_of(artifact)
+    path = default_cache_dir() / "onnx" / f"generator-{source[:24]}.onnx"
+    if is_stamped(path, source) and not rebuild:
         return path
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    path.unlink(missing_ok=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = writable_cache(path.parent) / path.name  # a cache this process cannot write: a temporary stand-in
+    remove_stamped(path)
     log.info(f"exporting {artifact} for onnxruntime, once (kept in {path.parent})")
-    export_onnx(artifact, path)  # named only once written and checked: a failed export leaves no file
-    write_stamp(path)
+    export_onnx(artifact, path, overwrite=True)  # named only once written and checked: a failed one leaves no file
+    write_stamp(path, source)
     return path
 
 
 def onnx_session(artifact: Path):
-    "An onnxruntime session of an artefact's generator (L in CIELAB units in, ab out), from `cached_onnx`."
+    """An onnxruntime session of an artefact's generator (L in CIELAB units in, ab out), from `cached_onnx`; a
+    cached graph onnxruntime cannot load (damaged, or from an onnxruntime it no longer reads) is exported again."""
     import onnxruntime as ort
-    path = cached_onnx(artifact)
     options = ort.SessionOptions()
     options.log_severity_level = 3  # warnings about unused initialisers are noise to a user
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(cached_onnx(artifact)), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001  onnxruntime's own errors (INVALID_PROTOBUF, ...) have no common base
+        log.warning(f"the cached ONNX graph of {artifact} could not be loaded ({type(e).__name__}); exporting it again")
+    return ort.InferenceSession(str(cached_onnx(artifact, rebuild=True)), options, providers=["CPUExecutionProvider"])
 
 
 class Colorizer:

@@ -84,8 +84,9 @@ class _BatchColours:
         key = (learn.xb[0], learn.pred, learn.yb[0])
         if cls.key is None or any(a is not b for a, b in zip(cls.key, key)):
             cls.key, cls.made = key, {}
-        if (side, "rgb") not in cls.made:
-            cls.made[side, "rgb"] = model_to_rgb(key[0], key[1] if side == "pred" else key[2])
+        if (side, "rgb") not in cls.made:  # NaN (diverged weights) reads as gray: the loss, not the colour maths,
+            ab = torch.nan_to_num(key[1] if side == "pred" else key[2], nan=0.0)  # says so (StopOnNaN)
+            cls.made[side, "rgb"] = model_to_rgb(key[0], ab)
         if space == "lab" and (side, "lab") not in cls.made:
             cls.made[side, "lab"] = rgb_to_lab(cls.made[side, "rgb"])
         return cls.made[side, space]

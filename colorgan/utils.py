@@ -84,19 +84,30 @@ def _stamp(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def is_stamped(path: Path) -> bool:
-    """Whether `path` is a file whose stamp beside it (NAME.sha256) holds its hash: a cached file that was cut short,
-    emptied, changed or replaced (by a folder, another file) no longer matches it."""
+def is_stamped(path: Path, source: str = "") -> bool:
+    """Whether `path` is a file whose stamp beside it (NAME.sha256) holds its hash, and `source` (what it was made
+    from: another artefact's file with its own stamp does not match): a cached file that was cut short, emptied,
+    changed or replaced (by a folder, another file) no longer matches it."""
     try:
-        return path.is_file() and _stamp(path).is_file() and _stamp(path).read_text().strip() == sha256_of(path)
+        return path.is_file() and _stamp(path).is_file() and \
+            _stamp(path).read_text().strip() == f"{sha256_of(path)} {source}".strip()
     except OSError:
         return False
 
 
-def write_stamp(path: Path) -> None:
-    "The stamp `is_stamped` checks, written atomically once `path` is complete."
+def write_stamp(path: Path, source: str = "") -> None:
+    "The stamp `is_stamped` checks, written atomically once `path` is complete: its hash, and `source`'s."
     with atomic_path(_stamp(path)) as tmp:
-        tmp.write_text(sha256_of(path))
+        tmp.write_text(f"{sha256_of(path)} {source}".strip())
+
+
+def remove_stamped(path: Path) -> None:
+    "A cached file and its stamp, gone (a folder in its place too)."
+    for p in (path, _stamp(path)):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
 
 
 def _umask() -> int:

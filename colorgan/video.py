@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .photos import fcntl, remove_orphans
 from .utils import ColorganError, atomic_path, log, require_extra
 
 __all__ = ["colorize_video", "is_video", "TemporalAB", "flicker", "VIDEO_SUFFIXES", "CUT"]
@@ -101,6 +102,8 @@ def colorize_video(colorizer, src: str | os.PathLike, dst: str | os.PathLike, te
     require_extra("video", "av")
     import av
     src, dst = Path(src), Path(dst)
+    if dst.exists() and src.exists() and os.path.samefile(src, dst):
+        raise ColorganError(f"{dst} is the film being colorized: write the colour film to another path")
     if dst.suffix.lower() not in VIDEO_SUFFIXES:
         raise ColorganError(f"{dst}: a film is written as {', '.join(sorted(VIDEO_SUFFIXES))}")
     smooth, inp, start = TemporalAB(temporal), _open(src), time.perf_counter()
@@ -108,11 +111,17 @@ def colorize_video(colorizer, src: str | os.PathLike, dst: str | os.PathLike, te
     vin.thread_type = "AUTO"
     total, done = vin.frames or 0, {"frames": 0, "cuts": 0}
     bar = _bar(total) if progress else None
+    remove_orphans(dst)  # what a colorize killed while it wrote this film left (a live writer's is locked)
     try:
-        with atomic_path(dst) as tmp:
+        with atomic_path(dst) as tmp, open(tmp, "rb") as held:
+            if fcntl is not None:
+                fcntl.flock(held, fcntl.LOCK_EX)  # held while this process writes: a killed writer's is unlocked
             out = av.open(str(tmp), "w", format=VIDEO_SUFFIXES[dst.suffix.lower()])
             try:
                 vout, rate = _output(out, vin, dst)
+                rotation = _rotation(src)
+                if rotation:  # a phone's film: stored sideways, shown upright by its display matrix; so is ours
+                    vout.set_display_rotation(rotation)
                 audio = {a.index: out.add_stream_from_template(a) for a in inp.streams.audio}
                 pending = []
                 for packet in inp.demux(vin, *inp.streams.audio):
@@ -121,11 +130,16 @@ def colorize_video(colorizer, src: str | os.PathLike, dst: str | os.PathLike, te
                             packet.stream = audio[packet.stream.index]
                             out.mux(packet)
                         continue
-                    pending += packet.decode()
+                    try:
+                        pending += packet.decode()
+                    except av.error.InvalidDataError:  # a damaged or cut packet: its frames are missing,
+                        done["broken"] = done.get("broken", 0) + 1  # which `_check_whole` then reports
+                        continue
                     if len(pending) >= bs:
                         _encode(colorizer, smooth, pending, out, vout, rate, done, bar, start)
                         pending = []
                 _encode(colorizer, smooth, pending, out, vout, rate, done, bar, start)
+                _check_whole(src, dst, inp, vin, rate, done)
                 out.mux(vout.encode(None))
             finally:
                 out.close()
@@ -160,6 +174,49 @@ def _encode(colorizer, smooth: TemporalAB, frames, out, vout, rate, done: dict, 
         bar.comment = f"{done['frames'] / max(time.perf_counter() - start, 1e-9):.1f} frames/s"
 
 
+def _rotation(src: Path) -> int:
+    "The display rotation (degrees, counter-clockwise) of the film's first frame: how a player turns it upright."
+    import av
+    try:
+        with av.open(str(src)) as inp:
+            return int(next(inp.decode(video=0)).rotation or 0)
+    except (av.error.FFmpegError, StopIteration, AttributeError):
+        return 0
+
+
+def _promised(inp, vin) -> tuple[int | None, float | None]:
+    "(frames, end in seconds) the container says the video has: MP4's frame count, else its duration; None: unsaid."
+    end = None
+    if vin.duration and vin.time_base:
+        end = float((vin.start_time or 0) * vin.time_base + vin.duration * vin.time_base)
+    elif "DURATION" in vin.metadata:  # Matroska's per-track tag, HH:MM:SS.fraction
+        h, m, sec = vin.metadata["DURATION"].split(":")
+        end = int(h) * 3600 + int(m) * 60 + float(sec)
+    return vin.frames or None, end
+
+
+def _check_whole(src: Path, dst: Path, inp, vin, rate: Fraction, done: dict) -> None:
+    """A film that ends before its container says it does (cut short, a broken copy) is an error, not a shorter
+    film: the frames decoded against the frames (or the seconds) promised. Raised inside the atomic write, so
+    nothing is left under `dst`."""
+    frames, end = _promised(inp, vin)
+    got, last = done["frames"], done.get("last_s")
+    if got == 0:
+        raise ColorganError(f"{src}: no frame of it could be decoded (a broken or empty film); nothing was written "
+                            f"to {dst}")
+    if done.get("broken") and not frames and end is None:  # nothing promised to compare with: a damaged packet
+        raise ColorganError(f"{src}: {done['broken']} of its packets could not be decoded (the file is damaged or cut "
+                            f"short); nothing was written to {dst}")
+    if frames and got < frames:
+        raise ColorganError(f"{src}: only {got} of the {frames} frames its container promises could be decoded "
+                            f"(the file is cut short or damaged); nothing was written to {dst}")
+    if not frames and end is not None and last is not None:
+        frame_s = 1 / float(rate)
+        if end - (last + frame_s) > max(0.5, 2 * frame_s, 0.1 * end):
+            raise ColorganError(f"{src}: its frames end at {last + frame_s:.2f} s of the {end:.2f} s its container "
+                                f"promises (the file is cut short or damaged); nothing was written to {dst}")
+
+
 def _timestamp(src, done: dict, rate: Fraction, vout) -> tuple[int, Fraction]:
     """The output frame's (pts, time base): the source frame's own, kept strictly increasing; a frame without one
     (some AVI files) is placed one frame after the last at the average rate."""
@@ -167,6 +224,7 @@ def _timestamp(src, done: dict, rate: Fraction, vout) -> tuple[int, Fraction]:
     last = done.get("pts")
     if src.pts is not None and src.time_base is not None:
         pts = int(round(src.pts * src.time_base / base))
+        done["last_s"] = float(src.pts * src.time_base)
     else:
         pts = 0 if last is None else last + max(1, int(round(1 / (Fraction(rate) * base))))
     if last is not None and pts <= last:

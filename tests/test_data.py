@@ -242,3 +242,24 @@ def test_a_killed_cache_build_leaves_nothing_behind(photo_dir, tmp_path):
         fcntl.flock(held, fcntl.LOCK_EX)  # another process is still writing this one
         load_photos(files, 16, cache_dir=cache, decode_workers=1)
     assert not orphan.exists() and live.exists() and mine.exists()
+
+
+def test_a_photo_replaced_by_another_of_the_same_size_and_time_is_seen(tmp_path):
+    "BMP keeps its length whatever it shows; the time put back as a FAT card's 2-second clock would: re-decoded."
+    import os
+
+    import numpy as np
+
+    from colorgan.photos import find_photos, load_photos
+    folder = tmp_path / "bmps"
+    folder.mkdir()
+    for i, colour in enumerate(["red", "green", "blue"]):
+        Image.new("RGB", (40, 40), colour).save(folder / f"{i}.bmp")
+    files = find_photos(folder)
+    first = np.array(load_photos(files, 32, cache_dir=tmp_path / "cache").pixels[0])
+    st = (folder / "0.bmp").stat()
+    Image.new("RGB", (40, 40), "yellow").save(folder / "0.bmp")
+    os.utime(folder / "0.bmp", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (folder / "0.bmp").stat().st_size == st.st_size
+    again = np.array(load_photos(files, 32, cache_dir=tmp_path / "cache").pixels[0])
+    assert not np.array_equal(first, again) and tuple(again[16, 16]) == (255, 255, 0)

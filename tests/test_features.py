@@ -197,3 +197,31 @@ def test_a_resume_that_would_thaw_the_body_is_refused_before_any_feature_is_comp
     with pytest.raises(RecipeError, match="freeze_pct"):
         pretrain(photo_dir, out, resume=True, overrides=["fit.freeze_pct=0.5"])
     assert computed == []
+
+
+def test_the_features_room_is_what_the_process_may_take(monkeypatch):
+    """The memory available (page cache counts as room), and no more than a container's limit or `ulimit -v`
+    leaves: the least of them."""
+    monkeypatch.setattr(colorgan.features, "_meminfo_available", lambda: 19 << 30)
+    monkeypatch.setattr(colorgan.features, "_cgroup_room", lambda: None)
+    monkeypatch.setattr(colorgan.features, "_address_space_room", lambda: None)
+    assert colorgan.features._free_bytes() == 19 << 30
+    monkeypatch.setattr(colorgan.features, "_cgroup_room", lambda: 3 << 30)
+    assert colorgan.features._free_bytes() == 3 << 30
+    monkeypatch.setattr(colorgan.features, "_address_space_room", lambda: 1 << 30)
+    assert colorgan.features._free_bytes() == 1 << 30
+    with pytest.raises(ColorganError, match="can still take"):
+        colorgan.features._check_room(1 << 20, 1000, 3)  # 2.9 GiB asked of a 1 GiB limit
+
+
+def test_an_address_space_limit_is_read_as_room():
+    "Under `ulimit -v` (here set in a child process) the room is the limit less what the process has mapped."
+    import subprocess
+    import sys
+    code = ("import resource, colorgan.features as f; "
+            "size = next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmSize:')); "
+            "resource.setrlimit(resource.RLIMIT_AS, (size + (4 << 30), resource.RLIM_INFINITY)); "
+            "print(f._address_space_room())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    room = int(out.stdout.split()[-1])
+    assert 3.5 * 2 ** 30 < room <= 4 << 30, out.stderr[-1000:]

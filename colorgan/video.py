@@ -197,8 +197,9 @@ def _promised(inp, vin) -> tuple[int | None, float | None]:
 
 def _check_whole(src: Path, dst: Path, inp, vin, rate: Fraction, done: dict) -> None:
     """A film that ends before its container says it does (cut short, a broken copy) is an error, not a shorter
-    film: the frames decoded against the frames (or the seconds) promised. Raised inside the atomic write, so
-    nothing is left under `dst`."""
+    film: the frames decoded against the frames (or the seconds) promised, a few frames of slack (a film trimmed
+    without re-encoding may lose its first B-frames). Raised inside the atomic write, so nothing is left under
+    `dst`."""
     frames, end = _promised(inp, vin)
     got, last = done["frames"], done.get("last_s")
     if got == 0:
@@ -207,7 +208,7 @@ def _check_whole(src: Path, dst: Path, inp, vin, rate: Fraction, done: dict) -> 
     if done.get("broken") and not frames and end is None:  # nothing promised to compare with: a damaged packet
         raise ColorganError(f"{src}: {done['broken']} of its packets could not be decoded (the file is damaged or cut "
                             f"short); nothing was written to {dst}")
-    if frames and got < frames:
+    if frames and got < frames - max(2, frames // 100):  # a trimmed film's first B-frames may not decode
         raise ColorganError(f"{src}: only {got} of the {frames} frames its container promises could be decoded "
                             f"(the file is cut short or damaged); nothing was written to {dst}")
     if not frames and end is not None and last is not None:

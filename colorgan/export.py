@@ -83,8 +83,7 @@ def export_onnx(model: str | os.PathLike, onnx_path: str | os.PathLike, opset: i
     with atomic_path(onnx_path) as tmp, warnings.catch_warnings():  # named only once written and checked
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # DynamicUnet's shape checks: true at any size /32
         # The TorchScript exporter on purpose, though torch deprecates it: torch.export's (dynamo=True) needs
-        # onnxscript and did not finish in 5 minutes on the Lite0 class head (docs/performance.md); its notice is
-        # this choice's, not the user's to act on.
+        # onnxscript, which colorgan does not install; its notice is this choice's, not the user's to act on.
         warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export",
                                 category=DeprecationWarning)
         warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning,

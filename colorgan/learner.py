@@ -93,14 +93,12 @@ class HookedLoss(Callback):
     order = -20
 
     def before_fit(self):
-        self.context = self.learn.loss_func.hooked() if isinstance(self.learn.loss_func, ColourClassLoss) else None
-        if self.context is not None:
-            self.context.__enter__()
+        if isinstance(self.learn.loss_func, ColourClassLoss):
+            self.learn.loss_func.hook_head()
 
     def after_fit(self):
-        if self.context is not None:
-            self.context.__exit__(None, None, None)
-            self.context = None
+        if isinstance(self.learn.loss_func, ColourClassLoss):
+            self.learn.loss_func.unhook()
 
 
 class UsePolicy(Callback):

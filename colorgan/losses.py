@@ -110,12 +110,16 @@ class ColourClassLoss(nn.Module):
         self.register_buffer("weights", weights)
         self.hook = None
 
-    @contextmanager
-    def hooked(self):
-        "While open, every forward pass of the head leaves its logits for the next call of this loss."
+    def hook_head(self) -> None:
+        "From now until `unhook`, every forward pass of the head leaves its logits for the next call of this loss."
         from fastai.callback.hook import Hook
         self.unhook()
         self.hook = Hook(self.heads[0], lambda module, inputs, output: inputs[0], detach=False)
+
+    @contextmanager
+    def hooked(self):
+        "`hook_head` while the block runs, `unhook` after it."
+        self.hook_head()
         try:
             yield self
         finally:

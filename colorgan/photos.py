@@ -22,7 +22,7 @@ import torch
 from PIL import Image, ImageOps
 
 from .color import lightness_of_gray8, lightness_of_rgb8, rgb_to_lab
-from .utils import TEMP_SUFFIX, ColorganError, atomic_path, log, short_list
+from .utils import TEMP_SUFFIX, ColorganError, atomic_path, check_writable, log, short_list
 
 try:
     import fcntl  # POSIX: a cache build holds a lock on its temporary, so a killed build's file can be told apart
@@ -150,16 +150,16 @@ def writable_cache(folder: Path) -> Path:
     naming COLORGAN_CACHE: a read-only or missing home, a file in the cache's place, a locked-down container.
     What is already cached is still read from `folder`; only what must be written goes to the stand-in."""
     try:
+        check_writable(folder, "the cache folder")
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".colorgan-probe-"):
-            return folder
-    except OSError as e:
+        return folder
+    except (ColorganError, OSError) as e:
         if not _SCRATCH:
             _SCRATCH.append(Path(tempfile.mkdtemp(prefix="colorgan-cache-")))
             atexit.register(shutil.rmtree, _SCRATCH[0], True)
-            log.warning(f"the cache folder {folder} cannot be written ({e.strerror or e}): working "
-                        f"without it, in {_SCRATCH[0]} (gone at exit; photos are decoded and models exported again "
-                        f"each run). Point COLORGAN_CACHE at a folder this user can write to keep them")
+            log.warning(f"{e}: working without it, in {_SCRATCH[0]} (gone at exit; photos are decoded and models "
+                        f"exported again each run). Point COLORGAN_CACHE at a folder this user can write to keep "
+                        f"them")
         scratch = _SCRATCH[0] / folder.name
         scratch.mkdir(exist_ok=True)
         return scratch

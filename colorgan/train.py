@@ -226,7 +226,7 @@ def _run_json(path: Path, keys: set) -> dict:
     "A JSON file of the run's (a budget, stage two's start), whole and with `keys`, or an error saying the way out."
     try:
         value = json.loads(path.read_text())
-        if not isinstance(value, dict) or not keys <= value.keys() - {None}:
+        if not isinstance(value, dict) or not keys <= value.keys():
             raise ValueError(f"it lacks {sorted(keys - set(value) if isinstance(value, dict) else keys)}")
         return value
     except (OSError, UnicodeDecodeError, ValueError) as e:
